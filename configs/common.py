@@ -1,0 +1,129 @@
+"""Pieces shared by every config: model sizes, special tokens, sharding rules.
+
+Imports ml_collections only, so configs load without jax or tensorflow.
+"""
+import ml_collections
+
+# ViT sizes: width, depth, heads, MLP width (Dosovitskiy et al.; Zhai et al. for S).
+VIT_SIZES = {
+    "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "H": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+
+# Special token ids reserved at the front of every tokenizer (method.md section 1).
+# data_pipelines.tokenizer checks a trained SentencePiece model against these.
+SPECIAL_TOKENS = dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5)
+
+# SentencePiece vocabulary assumed by the full-size configs (OPT-125M itself used 50272 BPE ids).
+DEFAULT_VOCAB_SIZE = 32000
+
+
+def parse_arg(arg):
+  """'runlocal' -> True, '' -> False. Every config takes this one argument."""
+  arg = (arg or "").strip()
+  if arg not in ("", "runlocal"):
+    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
+  return arg == "runlocal"
+
+
+def vit_config(variant, *, patch_size, image_size, runlocal=False):
+  """The ViT section. `variant` is one of VIT_SIZES; runlocal shrinks it to a CPU-sized toy."""
+  c = ml_collections.ConfigDict()
+  c.variant = variant                  # S / B / L / H (informational once sizes are set)
+  c.update(VIT_SIZES[variant])         # width, depth, num_heads, mlp_dim
+  c.patch_size = patch_size            # pixels per patch side
+  c.image_size = image_size            # input side in pixels (square)
+  c.drop_path_rate = 0.2               # stochastic depth at the last block, linear from 0
+  c.layerscale_init = 0.1              # initial layer-scale value (None: no layer-scale)
+  c.remat = False                      # rematerialise each block in the backward pass
+  if runlocal:
+    c.update(width=64, depth=2, num_heads=4, mlp_dim=128)
+    c.patch_size = 8
+    c.image_size = 32
+    c.drop_path_rate = 0.0
+  return c
+
+
+def decoder_config(*, runlocal=False, vocab_size=DEFAULT_VOCAB_SIZE, seq_len=2048):
+  """The causal decoder: OPT-125M shape by default."""
+  c = ml_collections.ConfigDict()
+  c.width = 768
+  c.depth = 12
+  c.num_heads = 12
+  c.mlp_dim = 3072
+  c.vocab_size = vocab_size            # must equal the tokenizer's vocabulary size
+  c.max_len = seq_len                  # learned position table length (>= data seq_len)
+  c.tie_embeddings = True              # LM head shares the token embedding (as OPT)
+  c.remat = False
+  if runlocal:
+    c.update(width=64, depth=2, num_heads=4, mlp_dim=256)
+  return c
+
+
+def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
+                 vocab_size=DEFAULT_VOCAB_SIZE, seq_len=2048):
+  """The whole LCL model section."""
+  c = ml_collections.ConfigDict()
+  c.vit = vit_config(variant, patch_size=patch_size, image_size=image_size, runlocal=runlocal)
+  c.decoder = decoder_config(runlocal=runlocal, vocab_size=vocab_size, seq_len=seq_len)
+  c.embed_dim = 64 if runlocal else embed_dim  # D_e, width of v and t
+  c.pool_heads = 4 if runlocal else c.vit.num_heads  # attention-pooling heads
+  c.dtype = "bfloat16"                 # compute dtype; params are always param_dtype
+  c.param_dtype = "float32"
+  c.special_tokens = dict(SPECIAL_TOKENS)
+  # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment
+  # (method.md section 4). False reproduces the authors' code (only <boi> at position 0 excluded).
+  c.require_text_context = True
+  return c
+
+
+def loss_config(contrastive_weight=0.1, generation_weight=1.0):
+  c = ml_collections.ConfigDict()
+  c.contrastive_weight = contrastive_weight  # lambda; 0 switches L_con off (generation-only)
+  c.generation_weight = generation_weight    # 0 switches L_gen off (contrastive-only)
+  c.init_logit_scale = 2.6592600345611572    # log(1 / 0.07)
+  c.max_logit_scale = 4.605170249938965      # log(100)
+  return c
+
+
+def sharding_config():
+  """Mesh and logical-axis rules. One -1 in the mesh shape is filled with the remaining devices."""
+  c = ml_collections.ConfigDict()
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.rules = [
+      ("act_batch", ("data", "fsdp")),
+      ("act_images", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("vocab", "tensor"),
+      ("act_mlp", "tensor"),
+      ("act_heads", "tensor"),
+      ("act_vocab", "tensor"),
+  ]
+  return c
+
+
+# The demo corpus's tokenizer vocabulary and the runlocal sequence length.
+DEMO_VOCAB_SIZE = 512
+RUNLOCAL_SEQ_LEN = 256
+
+
+def base_config(name, variant, *, patch_size, embed_dim, runlocal, image_size=224,
+                contrastive_weight=0.1, generation_weight=1.0):
+  """Model, loss and sharding sections shared by the paper's configs."""
+  config = ml_collections.ConfigDict()
+  config.name = name                   # run name (logs, exported artefacts)
+  config.seed = 0                      # params, dropout and data order
+  config.runlocal = runlocal           # tiny model + bundled demo corpus
+  config.model = model_config(
+      variant, patch_size=patch_size, image_size=image_size, embed_dim=embed_dim,
+      runlocal=runlocal,
+      vocab_size=DEMO_VOCAB_SIZE if runlocal else DEFAULT_VOCAB_SIZE,
+      seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
+  config.loss = loss_config(contrastive_weight, generation_weight)
+  config.sharding = sharding_config()
+  return config

@@ -1,0 +1,1 @@
+"""lcl_jax: Latent Compression Learning pre-training of vision encoders in JAX/Flax."""
