@@ -73,6 +73,7 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   c.pool_heads = 4 if runlocal else c.vit.num_heads  # attention-pooling heads
   c.dtype = "bfloat16"                 # compute dtype; params are always param_dtype
   c.param_dtype = "float32"
+  c.logit_scale_init = 2.6592600345611572  # log(1 / 0.07), learned from there
   c.special_tokens = dict(SPECIAL_TOKENS)
   # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment
   # (method.md section 4). False reproduces the authors' code (only <boi> at position 0 excluded).
@@ -84,8 +85,7 @@ def loss_config(contrastive_weight=0.1, generation_weight=1.0):
   c = ml_collections.ConfigDict()
   c.contrastive_weight = contrastive_weight  # lambda; 0 switches L_con off (generation-only)
   c.generation_weight = generation_weight    # 0 switches L_gen off (contrastive-only)
-  c.init_logit_scale = 2.6592600345611572    # log(1 / 0.07)
-  c.max_logit_scale = 4.605170249938965      # log(100)
+  c.max_logit_scale = 4.605170249938965      # log(100): the scale is clamped here
   return c
 
 

@@ -1,0 +1,123 @@
+"""The LCL model: ViT latents written into the decoder's interleaved sequence; v and t for the contrastive loss.
+
+Batch contract (method.md section 6): the leading dims of `tokens` [B, L] and `images` [N, H, W, 3] split into
+`num_chunks` contiguous, self-contained chunks; within a chunk the j-th image span in row-major token order
+belongs to the j-th image slot of that chunk. All indexing below is per chunk with static shapes.
+"""
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lcl_jax import axes
+from lcl_jax.models import layers
+from lcl_jax.models.decoder import Decoder
+from lcl_jax.models.vit import AttentionPool, ViT
+
+Dtype = Any
+
+
+def place_image_latents(tokens, embeds, latents, img_id, num_chunks):
+  """Writes each image's K latents over the `<img>` placeholders of its span.
+
+  tokens [B, L]; embeds [B, L, D]; latents [N, K, D] -> [B, L, D]. The k-th `<img>` of a chunk (row-major)
+  takes the k-th latent of that chunk's flattened [N/C * K, D] latents: spans are whole and in image order.
+  """
+  b, length, d = embeds.shape
+  tok = tokens.reshape(num_chunks, -1)                                  # [C, T]
+  lat = latents.reshape(num_chunks, -1, d)                              # [C, N/C * K, D]
+  is_img = tok == img_id
+  idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, lat.shape[1] - 1)   # [C, T]
+  gathered = jnp.take_along_axis(lat, idx[..., None], axis=1)           # [C, T, D]
+  gathered = gathered.reshape(b, length, d).astype(embeds.dtype)
+  return jnp.where((tokens == img_id)[..., None], gathered, embeds)
+
+
+def boi_index(tokens, boi_id, num_chunks, images_per_chunk):
+  """Flat in-chunk position of each image slot's `<boi>`.
+
+  tokens [B, L] -> (pos int [C, N/C], found bool [C, N/C]); pos indexes the chunk's flattened [T] tokens.
+  """
+  tok = tokens.reshape(num_chunks, -1)
+  count = jnp.cumsum(tok == boi_id, axis=1)                             # monotone: # of <boi> so far
+  wanted = jnp.arange(1, images_per_chunk + 1)
+  pos = jax.vmap(lambda c: jnp.searchsorted(c, wanted, side="left"))(count)
+  found = wanted[None, :] <= count[:, -1:]
+  return jnp.minimum(pos, tok.shape[1] - 1), found
+
+
+def text_before_in_segment(tokens, positions, first_text_id):
+  """int [B, L]: how many text tokens precede each position within its own segment."""
+  is_text = (tokens >= first_text_id).astype(jnp.int32)
+  before = jnp.cumsum(is_text, axis=1) - is_text                        # exclusive, whole row
+  start = jnp.arange(tokens.shape[1])[None, :] - positions              # segment start per position
+  return before - jnp.take_along_axis(before, jnp.maximum(start, 0), axis=1)
+
+
+class LCL(nn.Module):
+  """batch -> dict(logits [B, L, V] f32 | None, v [N, D_e] f32, t [N, D_e] f32, contrastive_valid [N],
+  logit_scale [])."""
+  config: Mapping  # the model section of the config (ConfigDict or dict)
+
+  def setup(self):
+    c = self.config
+    dtype, pdtype = jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
+    v, d = c["vit"], c["decoder"]
+    self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
+                   patch_size=v["patch_size"], image_size=v["image_size"],
+                   drop_path_rate=v["drop_path_rate"], layerscale_init=v["layerscale_init"],
+                   remat=v["remat"], dtype=dtype, param_dtype=pdtype)
+    self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
+    self.decoder = Decoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
+                           mlp_dim=d["mlp_dim"], vocab_size=d["vocab_size"], max_len=d["max_len"],
+                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], dtype=dtype,
+                           param_dtype=pdtype)
+    self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
+    self.context_norm = layers.layer_norm(dtype=dtype, param_dtype=pdtype)
+    self.context_proj = layers.dense(c["embed_dim"], axes.EMBED, axes.KV, dtype=dtype,
+                                     param_dtype=pdtype)
+    self.logit_scale = self.param(
+        "logit_scale", layers.param_with_axes(nn.initializers.constant(c["logit_scale_init"]), ()),
+        (), pdtype)
+
+  def encode_images(self, images, deterministic=True):
+    """uint8 [N, H, W, 3] -> (patch latents z [N, K, D_v], pooled v [N, D_e] f32)."""
+    z = self.vit(images, deterministic=deterministic)
+    return z, self.pool(z).astype(jnp.float32)
+
+  def __call__(self, batch, *, num_chunks: int = 1, train: bool = False, compute_logits: bool = True):
+    tokens, segment_ids, positions = batch["tokens"], batch["segment_ids"], batch["positions"]
+    images, image_valid = batch["images"], batch["image_valid"]
+    st = self.config["special_tokens"]
+    n = images.shape[0]
+    if tokens.shape[0] % num_chunks or n % num_chunks:
+      raise ValueError(f"rows ({tokens.shape[0]}) and image slots ({n}) must both divide into "
+                       f"num_chunks={num_chunks}.")
+    first_text_id = max(st.values()) + 1
+
+    z, v = self.encode_images(images, deterministic=not train)
+    z = layers.constrain(z, (axes.ACT_IMAGES, axes.ACT_PATCHES, axes.ACT_EMBED))
+    latents = self.image_proj(z)                                        # [N, K, D_lm]
+    x = place_image_latents(tokens, self.decoder.embed(tokens), latents, st["img"], num_chunks)
+    hidden = self.decoder(x, segment_ids, positions)                    # [B, L, D_lm]
+
+    # Context vector t_i: decoder output at image i's <boi>, which sees only what precedes the image.
+    pos, found = boi_index(tokens, st["boi"], num_chunks, n // num_chunks)
+    h_chunks = hidden.reshape(num_chunks, -1, hidden.shape[-1])
+    h_boi = jnp.take_along_axis(h_chunks, pos[..., None], axis=1).reshape(n, -1)
+    t = self.context_proj(self.context_norm(h_boi)).astype(jnp.float32)
+
+    seg_pos = jnp.take_along_axis(positions.reshape(num_chunks, -1), pos, axis=1).reshape(n)
+    if self.config["require_text_context"]:
+      ctx = text_before_in_segment(tokens, positions, first_text_id).reshape(num_chunks, -1)
+      has_context = jnp.take_along_axis(ctx, pos, axis=1).reshape(n) > 0
+    else:  # the authors' rule: only a <boi> opening its segment has no context
+      has_context = seg_pos > 0
+    valid = image_valid & found.reshape(n) & has_context
+
+    logits = None
+    if compute_logits:
+      logits = layers.constrain(self.decoder.logits(hidden), (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_VOCAB))
+    return dict(logits=logits, v=v, t=t, contrastive_valid=valid,
+                logit_scale=self.logit_scale.astype(jnp.float32))

@@ -1,0 +1,61 @@
+"""The device mesh (built once from the config) and the logical-axis rules that map model axes onto it."""
+import math
+from typing import Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from lcl_jax import axes
+
+
+def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict:
+  """Fills the one -1 in {data, fsdp, tensor} with the remaining devices; checks the product."""
+  unknown = set(requested) - set(axes.MESH_AXES)
+  if unknown:
+    raise ValueError(f"config.sharding.mesh has unknown axes {sorted(unknown)}; use {axes.MESH_AXES}.")
+  shape = {a: int(requested.get(a, 1)) for a in axes.MESH_AXES}
+  free = [a for a, s in shape.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"config.sharding.mesh may have at most one -1, got {shape}.")
+  known = math.prod(s for s in shape.values() if s != -1)
+  if free:
+    if num_devices % known:
+      raise ValueError(f"config.sharding.mesh {shape}: {num_devices} devices do not divide by {known}.")
+    shape[free[0]] = num_devices // known
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(f"config.sharding.mesh {shape} needs {math.prod(shape.values())} devices, "
+                     f"there are {num_devices}; set one axis to -1 or fix the sizes.")
+  return shape
+
+
+def make_mesh(requested: Mapping[str, int], devices: Optional[Sequence] = None) -> Mesh:
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(requested, len(devices))
+  sizes = tuple(shape[a] for a in axes.MESH_AXES)
+  # Auto axes: GSPMD propagates shardings from the logical constraints (jax's default is Explicit).
+  types = (AxisType.Auto,) * len(sizes)
+  if devices == jax.devices():
+    return jax.make_mesh(sizes, axes.MESH_AXES, axis_types=types, devices=devices)
+  return Mesh(np.asarray(devices).reshape(sizes), axes.MESH_AXES, axis_types=types)
+
+
+def num_data_shards(mesh: Mesh) -> int:
+  """C in the batch contract: the number of data-parallel shards (data x fsdp)."""
+  return math.prod(mesh.shape[a] for a in axes.DATA_AXES)
+
+
+def rules(config) -> tuple:
+  return tuple((name, tuple(m) if isinstance(m, (list, tuple)) else m) for name, m in config.sharding.rules)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, logical_rules):
+  """NamedShardings for a tree of (possibly boxed) abstract values annotated with logical axes."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch or image) dimension split over the data axes, the rest replicated."""
+  return NamedSharding(mesh, P(axes.DATA_AXES))

@@ -1,0 +1,123 @@
+"""Losses against plain NumPy, on one device and sharded over an 8-device CPU mesh."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from lcl_jax import losses, sharding
+from tests import synthetic
+
+MAX_SCALE = np.log(100.0)
+
+
+def _inputs(seed, n=32, d=16):
+  rng = np.random.default_rng(seed)
+  v = rng.normal(size=(n, d)).astype(np.float32)
+  t = (0.5 * v + rng.normal(size=(n, d))).astype(np.float32)
+  valid = rng.random(n) < 0.7
+  return v, t, valid
+
+
+def _loss(v, t, valid, s, mesh=None):
+  return losses.contrastive_loss(v, t, valid, s, max_logit_scale=MAX_SCALE, mesh=mesh)[0]
+
+
+def _np_grad(f, x, eps=1e-3):
+  """Central differences of a float64 NumPy function."""
+  g = np.zeros_like(x, dtype=np.float64)
+  for i in np.ndindex(x.shape):
+    xp, xm = x.astype(np.float64), x.astype(np.float64)
+    xp[i] += eps
+    xm[i] -= eps
+    g[i] = (f(xp) - f(xm)) / (2 * eps)
+  return g
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_contrastive_matches_numpy_with_excluded_images(seed):
+  v, t, valid = _inputs(seed)
+  s = np.float32(np.log(1 / 0.07))
+  ours = float(_loss(v, t, valid, s))
+  ref = synthetic.np_contrastive(v, t, valid, s, MAX_SCALE)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  # Changing an excluded slot changes nothing: it is neither anchor nor negative.
+  v2 = v.copy()
+  v2[np.flatnonzero(~valid)[0]] += 10.0
+  np.testing.assert_allclose(float(_loss(v2, t, valid, s)), ours, rtol=1e-6)
+
+
+def test_contrastive_gradient_matches_numpy():
+  v, t, valid = _inputs(3, n=10, d=4)
+  s = np.float32(1.5)
+  gv, gt, gs = jax.grad(_loss, argnums=(0, 1, 3))(v, t, valid, s)
+  ref_v = _np_grad(lambda x: synthetic.np_contrastive(x, t, valid, s, MAX_SCALE), v)
+  ref_t = _np_grad(lambda x: synthetic.np_contrastive(v, x, valid, s, MAX_SCALE), t)
+  ref_s = _np_grad(lambda x: synthetic.np_contrastive(v, t, valid, float(x), MAX_SCALE), np.asarray(s, np.float64))
+  np.testing.assert_allclose(gv, ref_v, atol=1e-5)
+  np.testing.assert_allclose(gt, ref_t, atol=1e-5)
+  np.testing.assert_allclose(gs, ref_s, atol=1e-5)
+  assert np.all(gv[~valid] == 0) and np.all(gt[~valid] == 0)
+
+
+def test_logit_scale_is_clamped():
+  v, t, valid = _inputs(4)
+  loss_at_max = float(_loss(v, t, valid, np.float32(MAX_SCALE)))
+  np.testing.assert_allclose(float(_loss(v, t, valid, np.float32(MAX_SCALE + 2))), loss_at_max, rtol=1e-6)
+  assert float(jax.grad(_loss, argnums=3)(v, t, valid, np.float32(MAX_SCALE + 2))) == 0.0
+
+
+def test_no_valid_images_gives_zero_not_nan():
+  v, t, _ = _inputs(5)
+  assert float(_loss(v, t, np.zeros(len(v), bool), np.float32(2.0))) == 0.0
+
+
+@pytest.mark.parametrize("mesh_spec", [dict(data=8), dict(data=4, fsdp=2), dict(data=2, fsdp=2, tensor=2)])
+def test_contrastive_sharded_equals_single_device(mesh_spec):
+  mesh = sharding.make_mesh(mesh_spec)
+  v, t, valid = _inputs(6, n=64)
+  s = np.float32(2.3)
+  want, want_grads = jax.value_and_grad(_loss, argnums=(0, 1, 3))(v, t, valid, s)
+  rows = sharding.data_sharding(mesh)
+  args = [jax.device_put(x, rows) for x in (v, t, valid)]
+  fn = jax.jit(jax.value_and_grad(lambda v, t, valid, s: _loss(v, t, valid, s, mesh), argnums=(0, 1, 3)))
+  got, got_grads = fn(*args, s)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-6)
+
+
+def test_sharded_contrastive_never_builds_global_logits():
+  """Each of 8 shards computes [N/8, N] logits; no [N, N] array appears in the compiled program."""
+  mesh = sharding.make_mesh(dict(data=8))
+  n = 64
+  v, t, valid = _inputs(7, n=n)
+  rows = sharding.data_sharding(mesh)
+  args = [jax.device_put(x, rows) for x in (v, t, valid)]
+  fn = jax.jit(jax.grad(lambda v, t, valid, s: _loss(v, t, valid, s, mesh), argnums=(0, 1)))
+  hlo = fn.lower(*args, np.float32(2.0)).compile().as_text()
+  assert f"f32[{n // 8},{n}]" in hlo
+  assert f"f32[{n},{n}]" not in hlo
+
+
+def test_next_token_loss_matches_numpy_and_target_rules():
+  rng = np.random.default_rng(0)
+  batch, _ = synthetic.make_batch(rng, num_chunks=2, rows_per_chunk=2, images_per_chunk=3, seq_len=40,
+                                  patches=4, image_size=8, vocab_size=50)
+  logits = rng.normal(size=batch["tokens"].shape + (50,)).astype(np.float32)
+  loss, metrics = losses.next_token_loss(logits, batch["tokens"], batch["segment_ids"], common.SPECIAL_TOKENS)
+  ref, count = synthetic.np_next_token(logits, batch["tokens"], batch["segment_ids"])
+  np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+  assert int(metrics["num_text_targets"]) == count
+
+
+def test_target_weights_by_kind():
+  st = common.SPECIAL_TOKENS
+  text = max(st.values()) + 1
+  tokens = np.array([[st["bos"], text, st["boi"], st["img"], st["img"], st["eoi"], text, st["eos"],
+                      st["bos"], text, st["eos"], st["pad"]]], np.int32)
+  segs = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 0]], np.int32)
+  targets, weights = losses.generation_targets(tokens, segs, st)
+  # Targets:        text boi img img eoi text eos  <s>(new segment) text eos pad
+  expected = np.array([[1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 0]], np.float32)
+  np.testing.assert_array_equal(np.asarray(weights), expected)
