@@ -127,3 +127,20 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, image_size=22
   config.loss = loss_config(contrastive_weight, generation_weight)
   config.sharding = sharding_config()
   return config
+
+
+def optim_config(*, peak_lr, total_steps, warmup_steps):
+  """AdamW recipe of the paper (tables 7 and 9)."""
+  c = ml_collections.ConfigDict()
+  c.peak_lr = peak_lr                  # 5e-4 LAION, 3e-4 MMC4 / OBELICS / mixtures
+  c.total_steps = total_steps          # optimizer steps; the cosine reaches its end here
+  c.warmup_steps = warmup_steps        # linear warm-up from 0
+  c.end_lr_ratio = 0.0                 # final LR as a fraction of the peak
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.weight_decay = 0.1                 # not on biases, norms, positions, logit scale, pooling query
+  c.grad_clip_norm = 1.0               # global-norm clipping (0: off)
+  c.grad_accum_steps = 1               # micro-batches per step (see lcl_jax/train_step.py on negatives)
+  c.max_consecutive_nonfinite = 10     # stop after this many skipped (non-finite) steps in a row
+  return c

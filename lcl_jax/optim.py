@@ -1,0 +1,32 @@
+"""The paper's optimiser (method.md section 5): AdamW (0.9, 0.95) with a weight-decay mask, linear warm-up then
+cosine decay, global-norm clipping."""
+import jax
+import optax
+
+# Weight decay applies only to these leaves: matrices of dense layers and token embeddings. Biases, LayerNorm and
+# layer-scale scales, position embeddings, the pooling query and the logit scale are left alone.
+_DECAYED_LEAVES = ("kernel", "embedding")
+
+
+def decay_mask(params):
+  """A tree of bools: True where weight decay applies."""
+  def decayed(path, _):
+    return getattr(path[-1], "key", None) in _DECAYED_LEAVES
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def learning_rate_schedule(optim_config):
+  """Linear warm-up from 0 to peak, then cosine decay to peak * end_lr_ratio at total_steps."""
+  c = optim_config
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=c.peak_lr, warmup_steps=c.warmup_steps,
+      decay_steps=max(c.total_steps, c.warmup_steps + 1), end_value=c.peak_lr * c.end_lr_ratio)
+
+
+def make_optimizer(optim_config):
+  """optax chain: clip by global norm -> AdamW with masked decay, scheduled."""
+  c = optim_config
+  return optax.chain(
+      optax.clip_by_global_norm(c.grad_clip_norm) if c.grad_clip_norm else optax.identity(),
+      optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps,
+                  weight_decay=c.weight_decay, mask=decay_mask))
