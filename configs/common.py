@@ -112,9 +112,24 @@ DEMO_VOCAB_SIZE = 512
 RUNLOCAL_SEQ_LEN = 256
 
 
-def base_config(name, variant, *, patch_size, embed_dim, runlocal, image_size=224,
-                contrastive_weight=0.1, generation_weight=1.0):
-  """Model, loss and sharding sections shared by the paper's configs."""
+def data_config(sources, *, runlocal, rows_per_batch, images_per_batch, seq_len=2048):
+  """Where batches come from and how big they are (global numbers; split over the data shards at start-up)."""
+  c = ml_collections.ConfigDict()
+  c.sources = dict(sources)            # TFDS source name -> sampling weight (lcl_laion, lcl_mmc4, lcl_obelics)
+  c.data_dir = "demo" if runlocal else ""   # TFDS data_dir (local or gs://); "demo": the bundled demo corpus
+  c.tokenizer = "demo" if runlocal else ""  # SentencePiece model path; "demo": the demo corpus's tokenizer
+  c.seq_len = RUNLOCAL_SEQ_LEN if runlocal else seq_len
+  c.rows_per_batch = rows_per_batch    # global rows per step (row budget = this / chunks)
+  c.images_per_batch = images_per_batch  # global image slots per step (image budget = this / chunks)
+  c.shuffle_buffer = 1024 if runlocal else 16384  # documents, per host and source
+  c.eval_split = "eval"                # held-out split for evaluators
+  return c
+
+
+def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak_lr, total_steps,
+                warmup_steps, rows_per_batch, images_per_batch, image_size=224, contrastive_weight=0.1,
+                generation_weight=1.0):
+  """The full config shared by the paper's runs; `runlocal` keeps the structure at CPU size."""
   config = ml_collections.ConfigDict()
   config.name = name                   # run name (logs, exported artefacts)
   config.seed = 0                      # params, dropout and data order
@@ -126,6 +141,18 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, image_size=22
       seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
   config.loss = loss_config(contrastive_weight, generation_weight)
   config.sharding = sharding_config()
+  if runlocal:
+    rows_per_batch, images_per_batch, total_steps, warmup_steps = 8, 32, 300, 30
+    peak_lr = 1e-3
+  config.data = data_config(sources, runlocal=runlocal, rows_per_batch=rows_per_batch,
+                            images_per_batch=images_per_batch)
+  config.optim = optim_config(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps)
+  config.ckpt = ml_collections.ConfigDict()
+  config.ckpt.every_steps = 100 if runlocal else 1000  # asynchronous saves
+  config.ckpt.keep = 3                 # most recent checkpoints kept
+  config.ckpt.keep_every = 0 if runlocal else 10000    # also keep every this-many steps forever (0: none)
+  config.log_every = 10 if runlocal else 50            # metrics cadence (steps)
+  config.profile = False               # capture a profiler trace early in the run
   return config
 
 

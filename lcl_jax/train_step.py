@@ -18,7 +18,7 @@ from lcl_jax import losses
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array                 # int32 []: optimizer updates applied
+  step: jax.Array                 # int32 []: steps taken (= batches consumed), skipped ones included
   params: Any
   opt_state: Any
   rng: jax.Array                  # uint32 [2]: raw key data (checkpoints as a plain array)
@@ -53,7 +53,8 @@ def loss_fn(params, batch, rng, *, model, loss_config, special_tokens, mesh, num
 
 def train_step(state: TrainState, batch, *, model, tx, loss_config, special_tokens, mesh=None,
                num_chunks: int = 1, accum_steps: int = 1, lr_schedule=None):
-  """One optimizer step. A non-finite loss or gradient leaves params and optimizer state untouched.
+  """One optimizer step. A non-finite loss or gradient leaves params and optimizer state untouched (the step
+  counter still advances: it counts batches, which keeps data resume a function of the step).
 
   batch: the contract's arrays with C * accum_steps chunks. Returns (state, metrics).
   """
@@ -85,7 +86,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_config, special_toke
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
   in_a_row = jnp.where(ok, 0, state.nonfinite_in_a_row + 1)
   new_state = state.replace(
-      step=state.step + ok.astype(jnp.int32), params=keep(new_params, state.params),
+      step=state.step + 1, params=keep(new_params, state.params),
       opt_state=keep(new_opt_state, state.opt_state), nonfinite_in_a_row=in_a_row,
       nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params),

@@ -67,13 +67,13 @@ def test_nonfinite_batch_is_skipped_and_counted():
   bad["tokens"][0, 3] = config.model.decoder.vocab_size + 5   # out-of-vocabulary id: NaN embedding
   new, metrics = step(state, bad)
   assert not np.isfinite(float(metrics["loss"]))
-  assert int(new.step) == 0 and int(new.nonfinite_total) == 1 and int(new.nonfinite_in_a_row) == 1
+  assert int(new.step) == 1 and int(new.nonfinite_total) == 1 and int(new.nonfinite_in_a_row) == 1
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
   jax.tree.map(np.testing.assert_array_equal, new.opt_state, state.opt_state)
   new, _ = step(new, bad)
   assert int(new.nonfinite_in_a_row) == 2
   new, _ = step(new, batch)
-  assert int(new.step) == 1 and int(new.nonfinite_in_a_row) == 0 and int(new.nonfinite_total) == 2
+  assert int(new.step) == 3 and int(new.nonfinite_in_a_row) == 0 and int(new.nonfinite_total) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(new.params))
 
 

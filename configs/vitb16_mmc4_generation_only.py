@@ -1,0 +1,13 @@
+"""Ablation of vitb16_mmc4.py (paper table 6a): generation-only (Flamingo/Kosmos-like; the paper shows its visual features collapse).
+
+  python -m lcl_jax.main --config=configs/vitb16_mmc4_generation_only.py --workdir=gs://BUCKET/run
+  python -m lcl_jax.main --config=configs/vitb16_mmc4_generation_only.py:runlocal --workdir=/tmp/lcl
+"""
+from configs import vitb16_mmc4
+
+
+def get_config(arg=None):
+  config = vitb16_mmc4.get_config(arg)
+  config.name = "vitb16_mmc4_generation_only"
+  config.loss.contrastive_weight = 0.0
+  return config

@@ -1,0 +1,100 @@
+"""Throughput and model FLOPs utilisation (MFU), and deferred metric reads.
+
+MFU = model FLOPs per step / (step time * devices * peak FLOP/s per device). Model FLOPs are counted
+analytically (matmuls and attention, forward x 3 for forward + backward, every row and image slot of the batch,
+causal attention counted as full as in PaLM's accounting). Peaks are dense bf16 per chip from vendor sheets; on
+CPU the peak is measured once with a large float32 matmul on the same machine.
+"""
+import re
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device, matched against jax's device_kind (lower case, first match wins).
+PEAK_FLOPS = (
+    (r"v6|trillium", 918e12),
+    (r"v5p", 459e12),
+    (r"v5 ?lite|v5e", 197e12),
+    (r"v4", 275e12),
+    (r"b200", 2250e12),
+    (r"h200|h100|h800|gh200", 989e12),
+    (r"a100|a800", 312e12),
+    (r"l40s", 362e12),
+)
+
+
+def peak_flops_per_device(device_kind: str) -> Optional[float]:
+  kind = device_kind.lower()
+  for pattern, peak in PEAK_FLOPS:
+    if re.search(pattern, kind):
+      return peak
+  return None
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """FLOP/s of the best of `repeats` n x n matmuls on the default device (the CPU peak stand-in)."""
+  x = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def device_peak_flops() -> tuple[float, str]:
+  """(peak FLOP/s of one local device, where the number came from)."""
+  device = jax.local_devices()[0]
+  peak = peak_flops_per_device(device.device_kind)
+  if peak is not None:
+    return peak, f"table: {device.device_kind}"
+  return measure_matmul_peak() / max(len(jax.local_devices()), 1), "measured float32 matmul"
+
+
+def _transformer_flops(tokens, width, mlp, depth, seq):
+  """Forward FLOPs of `depth` pre-LN blocks over `tokens` tokens in sequences of `seq`."""
+  dense = 2 * tokens * (4 * width * width + 2 * width * mlp)
+  attention = 2 * 2 * tokens * seq * width
+  return depth * (dense + attention)
+
+
+def model_flops_per_step(model_config, *, rows: int, image_slots: int, seq_len: int,
+                         generation: bool = True) -> float:
+  """Training FLOPs (forward + backward = 3 x forward) of one step of the LCL model."""
+  v, d = model_config.vit, model_config.decoder
+  k = (v.image_size // v.patch_size) ** 2
+  patch_pixels = v.patch_size ** 2 * 3
+  vit = image_slots * (2 * k * patch_pixels * v.width) + _transformer_flops(
+      image_slots * k, v.width, v.mlp_dim, v.depth, k)
+  pool = image_slots * 2 * (2 * k * v.width * v.width + 2 * k * v.width + v.width * model_config.embed_dim)
+  image_proj = 2 * image_slots * k * v.width * d.width
+  tokens = rows * seq_len
+  decoder = _transformer_flops(tokens, d.width, d.mlp_dim, d.depth, seq_len)
+  lm_head = 2 * tokens * d.width * d.vocab_size if generation else 0
+  return 3.0 * (vit + pool + image_proj + decoder + lm_head)
+
+
+class DeferredMetrics:
+  """Holds step N's metrics (device arrays) and reads them after step N + 1 is dispatched, so the host never
+  blocks the device on a metrics transfer."""
+
+  def __init__(self):
+    self._pending = None
+
+  def push(self, step: int, metrics) -> Optional[tuple[int, dict]]:
+    """Stores this step's metrics; returns the previous step's as floats (or None)."""
+    previous, self._pending = self._pending, (step, metrics)
+    return None if previous is None else (previous[0], to_floats(previous[1]))
+
+  def flush(self) -> Optional[tuple[int, dict]]:
+    previous, self._pending = self._pending, None
+    return None if previous is None else (previous[0], to_floats(previous[1]))
+
+
+def to_floats(metrics) -> dict:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
