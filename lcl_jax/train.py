@@ -15,7 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from lcl_jax import checkpoint, config_checks, metrics as metrics_lib, models, optim, sharding, train_step as ts
+from lcl_jax import checkpoint, config_checks, metrics as metrics_lib, sharding, state as state_lib, train_step as ts
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -109,16 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
   seq_len = config.data.seq_len
 
   # ---------------------------------------------------------------- model, optimizer, abstract state
-  model = models.LCL(config.model)
-  tx = optim.make_optimizer(config.optim)
-  schedule = optim.learning_rate_schedule(config.optim)
-  example = models.dummy_batch(config.model, rows=rows, images=image_slots, seq_len=seq_len)
-  init_fn = functools.partial(ts.init_state, model, tx, seed=config.seed, num_chunks=data_shards)
-  boxed = jax.eval_shape(lambda b: init_fn(b), example)
-  state_sharding = sharding.logical_shardings(boxed, mesh, rules)
-  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                nn.unbox(boxed), state_sharding)
-  log_parameters(boxed.params, state_sharding.params)
+  spec = state_lib.state_spec(config, mesh)
+  model, tx, schedule = spec.model, spec.tx, spec.schedule
+  state_sharding, abstract_state = spec.shardings, spec.abstract
+  log_parameters(spec.boxed.params, state_sharding.params)
 
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.ckpt.every_steps,
@@ -130,7 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
       data.set_state(data_states)
       logging.info("Resumed from step %d.", latest)
     else:
-      state = jax.jit(lambda b: nn.unbox(init_fn(b)), out_shardings=state_sharding)(example)
+      state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=state_sharding)()
 
     # -------------------------------------------------------------- compiled step
     step_fn = functools.partial(ts.train_step, model=model, tx=tx, loss_config=config.loss,
@@ -139,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
     batch_sharding = sharding.data_sharding(mesh)
     compiled = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, None), donate_argnums=0).lower(
-                           abstract_state, _abstract_batch(example, batch_sharding)).compile()
+                           abstract_state, spec.batch).compile()
     log_memory(compiled)
 
     # -------------------------------------------------------------- loop
@@ -214,10 +208,6 @@ def _check_nonfinite(metrics, config):
         f"{int(metrics['nonfinite_in_a_row'])} non-finite steps in a row (config.optim.max_consecutive_nonfinite="
         f"{limit}); the last good checkpoint is intact. Lower config.optim.peak_lr, check the data, or raise "
         "the limit.")
-
-
-def _abstract_batch(example, batch_sharding):
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in example.items()}
 
 
 def _flat_hparams(config):

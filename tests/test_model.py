@@ -235,3 +235,17 @@ def test_parameter_counts_of_the_paper_configs():
   for module in (vitb16_mmc4, vitb16_laion):
     b16 = _tower_counts(module)
     assert abs(b16["vision (ViT)"] - 85.8e6) / 85.8e6 < 0.01
+
+
+def test_context_vectors_equal_t_of_the_full_model(model_and_params):
+  """The text-encoder entry point gives the same t as the full forward pass for the same prefix."""
+  model, params = model_and_params
+  batch, owner = tiny_batch(seed=7)
+  out = run(model, params, batch)
+  i = next(i for i, o in enumerate(owner) if o is not None)
+  row, start = owner[i]
+  tokens = np.where(np.arange(batch["tokens"].shape[1]) <= start, batch["tokens"][row], 0)[None]
+  segs = np.where(np.arange(tokens.shape[1]) <= start, batch["segment_ids"][row], 0)[None]
+  t = jax.jit(lambda p: model.apply({"params": p}, tokens, segs, batch["positions"][row][None],
+                                    np.array([start]), method=models.LCL.context_vectors))(params)
+  np.testing.assert_allclose(t[0], out["t"][i], atol=1e-5)

@@ -86,6 +86,13 @@ class LCL(nn.Module):
     z = self.vit(images, deterministic=deterministic)
     return z, self.pool(z).astype(jnp.float32)
 
+  def context_vectors(self, tokens, segment_ids, positions, boi_position):
+    """Text-only rows -> t [B, D_e] f32 read at `boi_position` [B] (rows like `<s> prompt <boi>`): the decoder as
+    a text encoder for zero-shot classification and retrieval."""
+    hidden = self.decoder(self.decoder.embed(tokens), segment_ids, positions)
+    h = jnp.take_along_axis(hidden, boi_position[:, None, None], axis=1)[:, 0]
+    return self.context_proj(self.context_norm(h)).astype(jnp.float32)
+
   def __call__(self, batch, *, num_chunks: int = 1, train: bool = False, compute_logits: bool = True):
     tokens, segment_ids, positions = batch["tokens"], batch["segment_ids"], batch["positions"]
     images, image_valid = batch["images"], batch["image_valid"]

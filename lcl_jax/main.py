@@ -1,0 +1,93 @@
+"""Entry point: flags -> jax.distributed (multi-host) -> train.run.
+
+  python -m lcl_jax.main --config=configs/vitl14_laion_mmc4.py --workdir=gs://BUCKET/run [--config.x=y ...]
+  python -m lcl_jax.main --config=configs/vitl14_laion_mmc4.py:runlocal --workdir=/tmp/lcl
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs (local or gs://).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
+                                   "auto-detection; TPU VMs and SLURM are detected from the environment).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multi_host_environment() -> bool:
+  """True where jax.distributed.initialize() can configure itself: multi-host TPU VMs, SLURM jobs of >1 task."""
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in hosts or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def initialize_distributed():
+  import jax
+  if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+      # CPU devices across processes need a collectives implementation (tests, CPU clusters).
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # No local_device_ids: on SLURM with one task per node every GPU of the node stays visible.
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _multi_host_environment():
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # TensorFlow only feeds data: it must not take accelerator memory from JAX.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+
+  initialize_distributed()
+  import jax
+  from lcl_jax import train
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)  # one process speaks for the run
+  logging.info("Config:\n%s", _CONFIG.value)
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+def unknown_override(argv) -> str | None:
+  """The first `--config.a.b=v` whose key the config does not have, as a message; None if all exist."""
+  import importlib.util
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_lcl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    keys = a[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not hasattr(node, "keys") or key not in node:
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        where = "config" + "".join(f".{k}" for k in keys[:depth])
+        return f"Unknown config key in {a!r}: {where} has no {key!r}. Known keys there: {known}."
+      node = node[key]
+  return None
+
+
+if __name__ == "__main__":
+  import sys
+  try:
+    app.run(main)
+  except (AttributeError, KeyError):
+    message = unknown_override(sys.argv)
+    if message is None:
+      raise
+    sys.exit(message)
