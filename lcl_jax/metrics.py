@@ -13,25 +13,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense bf16 peak FLOP/s per device, matched against jax's device_kind (lower case, first match wins).
-PEAK_FLOPS = (
-    (r"v6|trillium", 918e12),
-    (r"v5p", 459e12),
-    (r"v5 ?lite|v5e", 197e12),
-    (r"v4", 275e12),
-    (r"b200", 2250e12),
-    (r"h200|h100|h800|gh200", 989e12),
-    (r"a100|a800", 312e12),
-    (r"l40s", 362e12),
+# Per device: (name used by `plan --device_kind`, pattern matched against jax's device_kind, dense bf16 peak FLOP/s,
+# memory GiB). Vendor sheets; first match wins.
+DEVICES = (
+    ("tpu_v6e", r"v6|trillium", 918e12, 32),
+    ("tpu_v5p", r"v5p", 459e12, 95),
+    ("tpu_v5e", r"v5 ?lite|v5e", 197e12, 16),
+    ("tpu_v4", r"v4", 275e12, 32),
+    ("b200", r"b200", 2250e12, 180),
+    ("h200", r"h200", 989e12, 141),
+    ("h100", r"h100|h800|gh200", 989e12, 80),
+    ("a100", r"a100|a800", 312e12, 80),
 )
 
 
-def peak_flops_per_device(device_kind: str) -> Optional[float]:
-  kind = device_kind.lower()
-  for pattern, peak in PEAK_FLOPS:
-    if re.search(pattern, kind):
-      return peak
+def device_spec(name_or_kind: str) -> Optional[tuple[str, float, float]]:
+  """(name, peak FLOP/s, memory GiB) for a plan name ("h200") or a jax device_kind ("NVIDIA H200"); None if
+  unknown."""
+  kind = name_or_kind.lower()
+  for name, pattern, peak, gib in DEVICES:
+    if kind == name or re.search(pattern, kind):
+      return name, peak, gib
   return None
+
+
+def peak_flops_per_device(device_kind: str) -> Optional[float]:
+  spec = device_spec(device_kind)
+  return None if spec is None else spec[1]
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:

@@ -9,9 +9,11 @@ _DECAYED_LEAVES = ("kernel", "embedding")
 
 
 def decay_mask(params):
-  """A tree of bools: True where weight decay applies."""
+  """A tree of bools: True where weight decay applies. Works on plain and on logically boxed params (whose
+  paths end in the box's `.value`), so the optimizer state can be initialised from boxed params."""
   def decayed(path, _):
-    return getattr(path[-1], "key", None) in _DECAYED_LEAVES
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return bool(names) and names[-1] in _DECAYED_LEAVES
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 

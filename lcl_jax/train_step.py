@@ -8,7 +8,6 @@ import functools
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,10 +26,11 @@ class TrainState:
 
 
 def init_state(model, tx, batch, seed: int, num_chunks: int) -> TrainState:
-  """Initial state (boxed params: callers unbox after deriving shardings). Pure: jit with out_shardings."""
+  """Initial state, logically boxed: the optimizer moments are initialised from the boxed params so they carry the
+  params' axis names and shard like them. Callers derive shardings, then unbox. Pure: jit with out_shardings."""
   params_rng, state_rng = jax.random.split(jax.random.key(seed))
   params = model.init({"params": params_rng}, batch, num_chunks=num_chunks)["params"]
-  opt_state = tx.init(nn.unbox(params))
+  opt_state = tx.init(params)
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=opt_state, rng=jax.random.key_data(state_rng),
                     nonfinite_in_a_row=zero, nonfinite_total=zero)

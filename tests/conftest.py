@@ -8,3 +8,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow must never grab an accelerator the JAX side wants.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# Identical programs compiled again in one session (every train.run in a test recompiles its step) come from a
+# persistent compilation cache instead: the suite's time is mostly XLA compiles on 2 cores.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lcl_jax_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

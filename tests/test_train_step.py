@@ -25,7 +25,7 @@ def setup(num_chunks=2, peak_lr=1e-3, seed=0, sgd=False, **batch_kw):
   tx = optax.sgd(1.0) if sgd else optim.make_optimizer(config.optim)
   batch, _ = tiny_batch(seed=seed, num_chunks=num_chunks, **batch_kw)
   state = jax.jit(lambda b: ts.init_state(model, tx, b, 0, num_chunks))(batch)
-  state = state.replace(params=nn.unbox(state.params))
+  state = nn.unbox(state)
   step = functools.partial(ts.train_step, model=model, tx=tx, loss_config=config.loss, special_tokens=ST,
                            num_chunks=num_chunks)
   return config, model, tx, state, batch, step
