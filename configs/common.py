@@ -122,6 +122,9 @@ def data_config(sources, *, runlocal, rows_per_batch, images_per_batch, seq_len=
   c.rows_per_batch = rows_per_batch    # global rows per step (row budget = this / chunks)
   c.images_per_batch = images_per_batch  # global image slots per step (image budget = this / chunks)
   c.shuffle_buffer = 1024 if runlocal else 16384  # documents, per host and source
+  c.block_docs = 512                   # documents per row-building block and resume unit (data_pipelines/row_stream.py)
+  c.decode_threads = 0                 # image decode + augment threads per host (0: one per CPU core)
+  c.prefetch_batches = 2               # host batches the pipeline's thread prepares ahead
   c.eval_split = "eval"                # held-out split for evaluators
   return c
 
@@ -153,6 +156,7 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
   config.ckpt.keep_every = 0 if runlocal else 10000    # also keep every this-many steps forever (0: none)
   config.log_every = 10 if runlocal else 50            # metrics cadence (steps)
   config.profile = False               # capture a profiler trace early in the run
+  config.evals = evals_config(runlocal)  # evaluators run every N steps (lcl_jax/evaluators)
   return config
 
 
@@ -170,4 +174,38 @@ def optim_config(*, peak_lr, total_steps, warmup_steps):
   c.grad_clip_norm = 1.0               # global-norm clipping (0: off)
   c.grad_accum_steps = 1               # micro-batches per step (see lcl_jax/train_step.py on negatives)
   c.max_consecutive_nonfinite = 10     # stop after this many skipped (non-finite) steps in a row
+  return c
+
+
+def evals_config(runlocal):
+  """config.evals: evaluator name -> spec, run inside training every `every_steps` and by lcl_jax.evaluate.
+
+  Keys every spec takes are listed in lcl_jax/evaluators/base.py (COMMON), each type's own in its module (DEFAULTS);
+  an unknown key is an error. `dataset`: "demo" (the held-out digits), a .npz in that layout, or a TFDS name read from
+  `data_dir` ("" -> config.data.data_dir); nothing is downloaded.
+  """
+  c = ml_collections.ConfigDict()
+  if runlocal:
+    every = 100  # three times in the 300-step runlocal run
+    # The demo's held-out digits: 359 images never seen in training, 10 classes, one caption each.
+    c.zeroshot_digits = dict(type="zero_shot", every_steps=every, dataset="demo")  # the set's own templates
+    c.retrieval_digits = dict(type="retrieval", every_steps=every, dataset="demo")
+    c.linear_probe_digits = dict(type="linear_probe", every_steps=every, dataset="demo",
+                                 train_fraction=0.5)  # a fixed half trains the probe, the other half tests it
+    c.attention_probe_digits = dict(type="attention_probe", every_steps=every, dataset="demo",
+                                    train_fraction=0.5, steps=300, learning_rate=3e-3)
+    c.perplexity_digits = dict(type="perplexity", every_steps=every, dataset="demo")  # held-out pairs as rows
+    return c
+  every = 5000
+  # ImageNet-1k validation (TFDS imagenet2012 in data_dir). Its TFDS label names are WordNet ids: point
+  # class_names at a file of readable names (e.g. CLIP's 1000) for meaningful prompts.
+  c.zeroshot_imagenet = dict(type="zero_shot", every_steps=every, dataset="imagenet2012", split="validation",
+                             data_dir="", class_names="", batch_size=1024)
+  # COCO 5k test images, ~25k captions (Karpathy split of TFDS coco_captions).
+  c.retrieval_coco = dict(type="retrieval", every_steps=every, dataset="coco_captions", split="test",
+                          data_dir="", caption_key="captions/text", batch_size=1024)
+  # Frozen transfer, fast: logistic regression on mean patch latents, 50k ImageNet train images (4x rarer).
+  c.linear_probe_imagenet = dict(type="linear_probe", every_steps=4 * every, dataset="imagenet2012",
+                                 split="validation", train_split="train", max_train_examples=50_000,
+                                 data_dir="", batch_size=1024)
   return c

@@ -30,9 +30,9 @@ def initialize_distributed():
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-      # CPU devices across processes need a collectives implementation (tests, CPU clusters).
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices across processes need a collectives implementation (tests, CPU clusters); GPUs and TPUs
+    # ignore this. It must be set before any backend starts, so nothing here may ask jax for devices first.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # No local_device_ids: on SLURM with one task per node every GPU of the node stays visible.
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _multi_host_environment():

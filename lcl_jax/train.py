@@ -12,10 +12,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from lcl_jax import checkpoint, config_checks, metrics as metrics_lib, sharding, state as state_lib, train_step as ts
+from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, metrics as metrics_lib, sharding, state as state_lib, train_step as ts
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -141,6 +142,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if latest is None:
       writer.write_hparams(_flat_hparams(config))
+    if jax.process_index() == 0:  # export and evaluate read the run's config from here
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+    evals = evaluators_lib.from_config(config, model=model, mesh=mesh)
     hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every)]
     if config.get("profile") and jax.process_index() == 0:
@@ -174,6 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
                 mfu=flops / (sec_per_step * mesh.size * peak)))
         for hook in hooks:
           hook(step)
+        evaluators_lib.run_due(evals, state.params, step, writer=writer, workdir=workdir)
         if preemption.should_stop():
           ckpt.save(step, state, data_state, wait=True)
           logging.warning("Saved step %d after SIGTERM; exiting.", step)

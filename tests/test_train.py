@@ -4,6 +4,7 @@ import os
 import signal
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -51,6 +52,7 @@ def tiny_train_config(total_steps=6):
   config.data.seq_len, config.data.rows_per_batch, config.data.images_per_batch = 48, 16, 32
   config.optim.total_steps, config.optim.warmup_steps = total_steps, 2
   config.ckpt.every_steps, config.log_every = 2, 1
+  config.evals = ml_collections.ConfigDict()  # evaluators are exercised with the demo corpus elsewhere
   return config
 
 

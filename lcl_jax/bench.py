@@ -1,0 +1,189 @@
+"""Step benchmark: the compiled train step alone (synthetic batch already on device) and fed by the real
+pipeline; prints JSON with step time, images/s, tokens/s, model TFLOP/s, MFU and where the time goes.
+
+  python -m lcl_jax.bench --config=configs/vitb16_mmc4.py:runlocal --steps=10
+  python -m lcl_jax.bench --preset=cpu-small --steps=10        # the shape used to compare implementations on a CPU
+  python -m lcl_jax.bench --config=configs/vitb16_mmc4.py --config.data.rows_per_batch=... --pipeline=false
+
+MFU is against the device's peak from lcl_jax.metrics' table, or on CPU against a large float32 matmul measured in
+the same run. The ViT / decoder / loss shares come from timing each part's compiled forward + backward on the same
+batch (they do not add up to the fused step exactly; the shares are of their sum).
+"""
+import functools
+import json
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=False)
+_PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+_PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
+
+
+def cpu_small_config():
+  """Images 112 px, patch 16; ViT 384 wide, 6 layers, 6 heads; decoder 384, 6 layers, 6 heads, MLP 1536;
+  L = 512; vocabulary 32000; 8 rows per step with exactly 2 images each; float32."""
+  from configs import vitb16_mmc4
+  config = vitb16_mmc4.get_config()
+  v, d = config.model.vit, config.model.decoder
+  v.update(width=384, depth=6, num_heads=6, mlp_dim=1536, patch_size=16, image_size=112, drop_path_rate=0.0)
+  d.update(width=384, depth=6, num_heads=6, mlp_dim=1536, vocab_size=32000, max_len=512)
+  config.model.update(embed_dim=384, pool_heads=6, dtype="float32")
+  config.data.update(seq_len=512, rows_per_batch=8, images_per_batch=16)
+  config.sharding.mesh = dict(data=-1, fsdp=1, tensor=1)
+  return config
+
+
+def synthetic_batch(config, num_chunks, seed=0):
+  """Rows of `<s> text [span] text ... </s>` with images spread evenly: exactly images/rows spans per row, each
+  after some text (so every image is valid for the contrastive loss)."""
+  import numpy as np
+  c, m = config.data, config.model
+  st = m.special_tokens
+  k = (m.vit.image_size // m.vit.patch_size) ** 2
+  per_row = c.images_per_batch // c.rows_per_batch
+  rng = np.random.default_rng(seed)
+  first_text = max(st.values()) + 1
+  tokens = rng.integers(first_text, m.decoder.vocab_size, (c.rows_per_batch, c.seq_len)).astype(np.int32)
+  gap = (c.seq_len - 2 - per_row * (k + 2)) // (per_row + 1)
+  if gap < 1:
+    raise ValueError(f"{per_row} image spans of {k + 2} tokens do not fit seq_len {c.seq_len} with text.")
+  tokens[:, 0], tokens[:, -1] = st["bos"], st["eos"]
+  for j in range(per_row):
+    start = 1 + gap * (j + 1) + j * (k + 2)
+    tokens[:, start] = st["boi"]
+    tokens[:, start + 1:start + 1 + k] = st["img"]
+    tokens[:, start + 1 + k] = st["eoi"]
+  size = m.vit.image_size
+  return dict(tokens=tokens, segment_ids=np.ones_like(tokens),
+              positions=np.broadcast_to(np.arange(c.seq_len, dtype=np.int32), tokens.shape).copy(),
+              images=rng.integers(0, 256, (c.images_per_batch, size, size, 3), dtype=np.uint8),
+              image_valid=np.ones((c.images_per_batch,), bool))
+
+
+def _time(fn, *args, steps):
+  import jax
+  jax.block_until_ready(fn(*args))  # warm-up (and compile)
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def component_seconds(config, state, batch, num_chunks, steps):
+  """Forward + backward time of the ViT (+ pool), the decoder (+ LM head), and the losses, each compiled alone."""
+  import jax
+  import jax.numpy as jnp
+  from lcl_jax import losses, models
+  model = models.LCL(config.model)
+  params = state.params
+  st = dict(config.model.special_tokens)
+
+  def vit(p):
+    z, v = model.apply({"params": p}, batch["images"], method=models.LCL.encode_images)
+    return jnp.sum(z.astype(jnp.float32)) + jnp.sum(v)
+
+  def decoder(p):
+    def f(m):
+      h = m.decoder(m.decoder.embed(batch["tokens"]), batch["segment_ids"], batch["positions"])
+      return m.decoder.logits(h)
+    logits = jax.tree.leaves(nn_apply(model, f)({"params": p}))[0]
+    return losses.next_token_loss(logits, batch["tokens"], batch["segment_ids"], st)[0]
+
+  out = jax.jit(lambda p: model.apply({"params": p}, batch, num_chunks=num_chunks))(params)
+
+  floats = {k: v for k, v in out.items() if v is not None and jnp.issubdtype(v.dtype, jnp.floating)}
+
+  def loss(f):
+    return losses.lcl_loss(dict(out, **f), batch, config.loss, st)[0]
+
+  return {
+      "vit": _time(jax.jit(jax.grad(vit)), params, steps=steps),
+      "decoder": _time(jax.jit(jax.grad(decoder)), params, steps=steps),
+      "loss": _time(jax.jit(jax.grad(loss)), floats, steps=steps),
+  }
+
+
+def nn_apply(model, fn):
+  import flax.linen as nn
+  return nn.apply(fn, model)
+
+
+def main(argv):
+  del argv
+  import flax.linen as nn
+  import jax
+  from lcl_jax import metrics, sharding, state as state_lib, train, train_step as ts
+  if _PRESET.value == "cpu-small":
+    config = cpu_small_config()
+  elif _CONFIG.value is not None:
+    config = _CONFIG.value
+  else:
+    raise app.UsageError("Pass --config=CONFIG[:runlocal] or --preset=cpu-small.")
+  config.model.decoder.max_len = max(config.model.decoder.max_len, config.data.seq_len)
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  shards = sharding.num_data_shards(mesh)
+  spec = state_lib.state_spec(config, mesh)
+  step_fn = functools.partial(ts.train_step, model=spec.model, tx=spec.tx, loss_config=config.loss,
+                              special_tokens=dict(config.model.special_tokens), mesh=mesh, num_chunks=shards,
+                              accum_steps=config.optim.grad_accum_steps)
+  host_batch = synthetic_batch(config, shards)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=spec.shardings)()
+    step = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
+                   out_shardings=(spec.shardings, None))
+    batch = train.global_batch(host_batch, mesh)
+    seconds = _time(lambda s: step(s, batch)[0], state, steps=_STEPS.value)
+    parts = component_seconds(config, state, batch, shards, max(2, _STEPS.value // 3))
+
+  flops = metrics.model_flops_per_step(config.model, rows=config.data.rows_per_batch,
+                                       image_slots=config.data.images_per_batch, seq_len=config.data.seq_len,
+                                       generation=bool(config.loss.generation_weight))
+  peak, peak_source = metrics.device_peak_flops()
+  images = config.data.images_per_batch
+  result = {
+      "config": "cpu-small" if _PRESET.value else config.name, "devices": mesh.size,
+      "device_kind": jax.devices()[0].device_kind, "dtype": config.model.dtype,
+      "image_size": config.model.vit.image_size, "seq_len": config.data.seq_len,
+      "rows_per_step": config.data.rows_per_batch, "images_per_step": images,
+      "step_seconds": seconds, "images_per_sec": images / seconds,
+      "tokens_per_sec": config.data.rows_per_batch * config.data.seq_len / seconds,
+      "model_tflops_per_step": flops / 1e12, "model_tflops_per_sec": flops / seconds / 1e12,
+      "peak_tflops_per_device": peak / 1e12, "peak_source": peak_source,
+      "mfu": flops / (seconds * mesh.size * peak),
+      "time_share": {k: v / sum(parts.values()) for k, v in parts.items()},
+      "component_seconds": parts,
+  }
+  if _PIPELINE.value and not _PRESET.value:
+    result["with_pipeline"] = pipeline_seconds(config, state, step, mesh, shards, _STEPS.value)
+  json.dump(result, sys.stdout, indent=2)
+  print()
+
+
+def pipeline_seconds(config, state, step, mesh, shards, steps):
+  """Steps fed by the configured pipeline through train.prefetch_to_device."""
+  import jax
+  from data_pipelines import pipeline
+  from lcl_jax import train
+  data = pipeline.Pipeline(config, num_chunks=shards * config.optim.grad_accum_steps,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+  batches = train.prefetch_to_device(data, mesh)
+  batch = next(batches)[0]
+  state, _ = step(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    batch = next(batches)[0]
+    state, _ = step(state, batch)
+  jax.block_until_ready(state)
+  seconds = (time.perf_counter() - start) / steps
+  data.close()
+  return {"step_seconds": seconds, "images_per_sec": config.data.images_per_batch / seconds}
+
+
+if __name__ == "__main__":
+  app.run(main)

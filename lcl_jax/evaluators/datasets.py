@@ -1,0 +1,173 @@
+"""Evaluation image sets: the demo's held-out digits, any .npz in that layout, or a TFDS dataset by name and split.
+
+Every set streams host batches `dict(images uint8 [b, S, S, 3], label int32 [b], captions list[list[str]])`
+(b <= batch size, the last batch partial) after the evaluation transform of method.md section 5: resize the short
+side to S = config.model.vit.image_size, then centre crop. Multi-host: every host reads the whole set (evaluation
+sets are small) and the sharded runner (features.py) gives each device its slice, so no host-dependent split exists.
+
+tensorflow and tfds are imported inside the functions: a training run without TFDS evaluators never pays for them.
+"""
+import dataclasses
+import io
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+# Prompts for TFDS classification sets without their own (the 7-template ensemble of CLIP's ImageNet notebook).
+DEFAULT_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                     "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+
+
+@dataclasses.dataclass
+class EvalSet:
+  name: str
+  class_names: list        # label -> name; empty when the set has no labels
+  templates: list          # prompts shipped with the set (the demo's); empty otherwise
+  batches: Callable[[int], Iterator[dict]]  # batch_size -> host batches, in a fixed order
+
+
+def eval_transform(image, size: int):
+  """uint8 [H, W, 3] or a batch [N, H, W, 3] (tf or numpy) -> uint8 [..., size, size, 3] tf tensor: resize the short
+  side, centre crop. Images already at size x size pass through untouched (no resampling blur on the demo digits).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  image = tf.convert_to_tensor(image)
+  shape = tf.shape(image)
+  h, w = shape[-3], shape[-2]
+
+  def resize_and_crop():
+    scale = size / tf.cast(tf.minimum(h, w), tf.float32)
+    new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
+    new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
+    resized = tf.image.resize(image, (new_h, new_w), method="bicubic", antialias=True)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    cropped = resized[..., top:top + size, left:left + size, :]
+    return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+
+  same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
+  out = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize_and_crop)
+  return tf.ensure_shape(out, image.shape[:-3] + (size, size, 3))
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+  """Encoded PNG/JPEG -> uint8 [size, size, 3] after the evaluation transform."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  return eval_transform(image, size).numpy()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 [H, W, 3] -> PNG bytes (lossless: decode_image gives the same pixels back)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format="PNG")
+  return out.getvalue()
+
+
+def _batched(examples: Iterator[dict], batch_size: int) -> Iterator[dict]:
+  buf = []
+  for ex in examples:
+    buf.append(ex)
+    if len(buf) == batch_size:
+      yield _stack(buf)
+      buf = []
+  if buf:
+    yield _stack(buf)
+
+
+def _stack(examples):
+  return dict(images=np.stack([e["image"] for e in examples]),
+              label=np.asarray([e["label"] for e in examples], np.int32),
+              captions=[e["captions"] for e in examples])
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def load_npz(path: str, *, image_size: int, max_examples: int = 0) -> EvalSet:
+  """The demo's eval file layout (data_pipelines/demo.py): images, labels, captions, class_names, templates."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  with tf.io.gfile.GFile(path, "rb") as f:
+    data = np.load(io.BytesIO(f.read()))
+    arrays = {k: data[k] for k in data.files}
+  n = len(arrays["images"]) if not max_examples else min(max_examples, len(arrays["images"]))
+  images = eval_transform(arrays["images"][:n], image_size).numpy()  # one dense array: one batched resize
+  labels = arrays["labels"][:n].astype(np.int32) if "labels" in arrays else np.full(n, -1, np.int32)
+  captions = [[_text(c)] for c in arrays["captions"][:n]] if "captions" in arrays else [[] for _ in range(n)]
+
+  def batches(batch_size):
+    for start in range(0, n, batch_size):
+      end = min(start + batch_size, n)
+      yield dict(images=images[start:end], label=labels[start:end], captions=captions[start:end])
+
+  return EvalSet(name=path, class_names=[_text(c) for c in arrays.get("class_names", [])],
+                 templates=[_text(t) for t in arrays.get("templates", [])], batches=batches)
+
+
+def _nested(example, key: str):
+  for part in key.split("/"):
+    example = example[part]
+  return example
+
+
+def load_tfds(name: str, split: str, *, data_dir: Optional[str], image_size: int, max_examples: int = 0,
+              image_key: str = "image", label_key: str = "label", caption_key: str = "") -> EvalSet:
+  """A TFDS dataset as the user holds it in `data_dir` (nothing is downloaded)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  builder.as_dataset(split=split)  # fails now if the set or split is not in data_dir (a pipeline, no data read)
+  label_feature = builder.info.features[label_key] if label_key in builder.info.features else None
+  class_names = list(getattr(label_feature, "names", None) or [])
+
+  def batches(batch_size):
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if max_examples:
+      ds = ds.take(max_examples)
+
+    def prepare(ex):
+      out = dict(image=eval_transform(ex[image_key], image_size))
+      out["label"] = tf.cast(ex[label_key], tf.int32) if label_feature is not None else tf.constant(-1)
+      out["captions"] = _nested(ex, caption_key) if caption_key else tf.constant([], tf.string)
+      return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    examples = (dict(image=ex["image"], label=int(ex["label"]), captions=[_text(c) for c in ex["captions"]])
+                for ex in ds.as_numpy_iterator())
+    yield from _batched(examples, batch_size)
+
+  return EvalSet(name=f"{name}:{split}", class_names=class_names, templates=[], batches=batches)
+
+
+def demo_eval_path() -> str:
+  from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
+  return ensure_demo().eval_path
+
+
+def load(spec, config) -> EvalSet:
+  """An evaluator's `dataset` / `split` / `data_dir` / `max_examples` (and TFDS feature keys) -> EvalSet.
+
+  dataset: "demo" (the held-out digits), a path ending in .npz (same layout), or a TFDS name; data_dir "" means
+  config.data.data_dir (unless that is the demo corpus, which holds no public TFDS sets).
+  """
+  size = config.model.vit.image_size
+  if spec.dataset == "demo":
+    return load_npz(demo_eval_path(), image_size=size, max_examples=spec.max_examples)
+  if spec.dataset.endswith(".npz"):
+    return load_npz(spec.dataset, image_size=size, max_examples=spec.max_examples)
+  data_dir = spec.data_dir or (config.data.data_dir if config.data.data_dir != "demo" else "")
+  return load_tfds(spec.dataset, spec.split, data_dir=data_dir, image_size=size, max_examples=spec.max_examples,
+                   image_key=spec.image_key, label_key=spec.label_key, caption_key=spec.caption_key)
+
+
+def load_tokenizer(config):
+  """config.data.tokenizer: a SentencePiece path, or "demo" for the demo corpus's tokenizer."""
+  from data_pipelines.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  path = config.data.tokenizer
+  if path == "demo":
+    from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
+    path = ensure_demo().tokenizer_path
+  if not path:
+    raise ValueError("Text evaluators need config.data.tokenizer (a SentencePiece model path, or 'demo').")
+  return Tokenizer(path)

@@ -1,0 +1,174 @@
+"""The trained vision encoder as a standalone artefact, and the loader that needs nothing else from a run.
+
+  python -m lcl_jax.export --workdir=DIR --output=PATH [--checkpoint_step=S] [--whole_model] [--config=CFG[:ARG]]
+
+The config comes from --config, else from <workdir>/config.json (written by training). The artefact is a folder:
+  config.json     {"format": "lcl_jax.vision_encoder", "version": 1, "contents": "vision_encoder" | "whole_model",
+                   "step": S, "name": run name, "model": the run's model section (vit, embed_dim, pool_heads, dtypes,
+                   and for a whole model the decoder and special tokens)}
+  params.msgpack  flax.serialization msgpack of the float32 parameters: {"vit": ..., "pool": ...}, or every
+                  parameter of the LCL model with --whole_model (the vision encoder is its "vit" and "pool").
+  tokenizer.model with --whole_model: the run's SentencePiece model (the decoder's ids mean nothing without it).
+`lcl_jax.load_vision_encoder(PATH)` reads either kind (see lcl_jax/EXPORT.md). The loader imports flax and
+lcl_jax.models only: no configs/, ml_collections, orbax or tensorflow.
+"""
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from lcl_jax.models.vit import AttentionPool, ViT
+
+FORMAT, VERSION = "lcl_jax.vision_encoder", 1
+CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE = "config.json", "params.msgpack", "tokenizer.model"
+
+
+class VisionTower(nn.Module):
+  """The LCL model's vision half under the same parameter names (`vit`, `pool`):
+  images uint8 [N, S, S, 3] -> (patch latents z [N, K, D_v], pooled v [N, D_e] f32)."""
+  config: Mapping[str, Any]  # the model section as plain dicts
+
+  def setup(self):
+    c = self.config
+    v, dtype, pdtype = c["vit"], jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
+    self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
+                   patch_size=v["patch_size"], image_size=v["image_size"], drop_path_rate=v["drop_path_rate"],
+                   layerscale_init=v["layerscale_init"], remat=False, dtype=dtype, param_dtype=pdtype)
+    self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
+
+  def __call__(self, images, deterministic: bool = True):
+    z = self.vit(images, deterministic=deterministic)
+    return z, self.pool(z).astype(jnp.float32)
+
+
+def center_crop_resize(images, size: int):
+  """uint8 [N, H, W, 3] -> uint8 [N, size, size, 3]: centre square crop, bicubic resize (the evaluation
+  transform, resize short side then centre crop, up to rounding). Same-size images pass through untouched."""
+  n, h, w, _ = images.shape
+  if (h, w) == (size, size):
+    return images
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  square = jnp.asarray(images[:, top:top + side, left:left + side], jnp.float32)
+  out = jax.image.resize(square, (n, size, size, 3), method="bicubic", antialias=True)
+  return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+class VisionEncoder:
+  """A loaded artefact: `encoder(images uint8 [N, H, W, 3]) -> (z [N, K, D_v], v [N, D_e] float32)`.
+
+  Attributes for downstream code: `module` (a Flax module; `module.apply({"params": params}, images)`), `params`,
+  `config` (the model section), `image_size`, `num_patches`, `width` (D_v), `embed_dim` (D_e), `step`.
+  """
+
+  def __init__(self, config: Mapping[str, Any], params, *, step: Optional[int] = None):
+    self.config, self.params, self.step = dict(config), params, step
+    self.module = VisionTower(self.config)
+    v = self.config["vit"]
+    self.image_size, self.width, self.embed_dim = v["image_size"], v["width"], self.config["embed_dim"]
+    self.num_patches = (v["image_size"] // v["patch_size"]) ** 2
+    self._apply = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
+
+  def __call__(self, images):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}.")
+    return self._apply(self.params, center_crop_resize(images, self.image_size))
+
+
+def _open(path: str, mode: str):
+  if "://" in path:  # gs:// and friends through tf.io.gfile, imported only then
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.GFile(path, mode)
+  return open(path, mode)
+
+
+def load_vision_encoder(path: str, *, dtype: Optional[str] = None) -> VisionEncoder:
+  """An exported folder -> VisionEncoder. `dtype` overrides the compute dtype (e.g. "float32" for exact features
+  on hardware without fast bfloat16); parameters stay float32."""
+  with _open(os.path.join(path, CONFIG_FILE), "r") as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    raise ValueError(f"{path} is not a {FORMAT} v{VERSION} artefact (config.json says "
+                     f"{meta.get('format')!r} v{meta.get('version')!r}).")
+  with _open(os.path.join(path, PARAMS_FILE), "rb") as f:
+    params = serialization.msgpack_restore(f.read())
+  config = dict(meta["model"])
+  if dtype is not None:
+    config["dtype"] = dtype
+  return VisionEncoder(config, {"vit": params["vit"], "pool": params["pool"]}, step=meta.get("step"))
+
+
+def export(config, workdir: str, output: str, *, step: Optional[int] = None, whole_model: bool = False) -> str:
+  """Restores `step` (default: the latest) of the run in `workdir` and writes the artefact to `output`."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from lcl_jax import evaluate, sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  params, step = evaluate.restore_params(config, workdir, mesh, step)
+  if not whole_model:
+    params = {"vit": params["vit"], "pool": params["pool"]}
+  # Replicate (an all-gather of fsdp shards) so every host can read every value; only process 0 writes.
+  params = jax.device_get(jax.jit(lambda p: p, out_shardings=NamedSharding(mesh, P()))(params))
+  model = json.loads(config.model.to_json())
+  if not whole_model:
+    model = {k: model[k] for k in ("vit", "embed_dim", "pool_heads", "dtype", "param_dtype")}
+  meta = dict(format=FORMAT, version=VERSION, contents="whole_model" if whole_model else "vision_encoder",
+              step=int(step), name=config.get("name", ""), model=model)
+  if jax.process_index() == 0:
+    if "://" not in output:
+      os.makedirs(output, exist_ok=True)
+    with _open(os.path.join(output, PARAMS_FILE), "wb") as f:
+      f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+    if whole_model and config.data.get("tokenizer"):
+      from lcl_jax.evaluators import datasets  # pylint: disable=import-outside-toplevel
+      with _open(os.path.join(output, TOKENIZER_FILE), "wb") as f:
+        f.write(datasets.load_tokenizer(config).serialized_model)
+      meta["tokenizer"] = TOKENIZER_FILE
+    with _open(os.path.join(output, CONFIG_FILE), "w") as f:  # last: its presence marks a complete artefact
+      json.dump(meta, f, indent=2, sort_keys=True)
+  return output
+
+
+def read_run_config(workdir: str, override: Optional[str] = None):
+  """The run's config: from a config file spec "path[:arg]" if given, else <workdir>/config.json."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  if override:
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    path, _, arg = override.partition(":")
+    spec = importlib.util.spec_from_file_location("_lcl_export_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with _open(config_path, "r") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{config_path} not found: pass --config=CONFIG[:ARG] (the run's config).") from e
+
+
+def main(argv):
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  config = read_run_config(f.workdir, f.config)
+  export(config, f.workdir, f.output, step=f.checkpoint_step, whole_model=f.whole_model)
+  print(f"Exported {'the whole model' if f.whole_model else 'the vision encoder'} to {f.output}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  # Defined only when run as a script: importing this module (the loader) must not claim flag names.
+  flags.DEFINE_string("workdir", None, "The training run's workdir (checkpoints/ inside).")
+  flags.DEFINE_string("output", None, "Folder to write (local or gs://).")
+  flags.DEFINE_integer("checkpoint_step", None, "Step to export (default: the latest checkpoint).")
+  flags.DEFINE_bool("whole_model", False, "Export every parameter of the LCL model, not only the vision encoder.")
+  flags.DEFINE_string("config", None, "Config file path[:arg]; default <workdir>/config.json.")
+  flags.mark_flags_as_required(["workdir", "output"])
+  app.run(main)
