@@ -81,11 +81,12 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   return c
 
 
-def loss_config(contrastive_weight=0.1, generation_weight=1.0):
+def loss_config(contrastive_weight=0.1, generation_weight=1.0, lm_loss_chunks=1):
   c = ml_collections.ConfigDict()
   c.contrastive_weight = contrastive_weight  # lambda; 0 switches L_con off (generation-only)
   c.generation_weight = generation_weight    # 0 switches L_gen off (contrastive-only)
   c.max_logit_scale = 4.605170249938965      # log(100): the scale is clamped here
+  c.lm_loss_chunks = lm_loss_chunks    # >1: LM head + softmax per sequence piece, never all [B, L, V] logits
   return c
 
 
@@ -142,8 +143,10 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
       runlocal=runlocal,
       vocab_size=DEMO_VOCAB_SIZE if runlocal else DEFAULT_VOCAB_SIZE,
       seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
-  config.loss = loss_config(contrastive_weight, generation_weight)
+  config.loss = loss_config(contrastive_weight, generation_weight, lm_loss_chunks=1 if runlocal else 8)
   config.sharding = sharding_config()
+  if not runlocal:  # full size: keep only block inputs for the backward pass (measured with lcl_jax.plan)
+    config.model.vit.remat = config.model.decoder.remat = True
   if runlocal:
     rows_per_batch, images_per_batch, total_steps, warmup_steps = 8, 32, 300, 30
     peak_lr = 1e-3

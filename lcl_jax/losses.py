@@ -101,19 +101,52 @@ def next_token_loss(logits, tokens, segment_ids, special_tokens):
   return loss, dict(generation_loss=loss, num_text_targets=count)
 
 
-def lcl_loss(outputs, batch, loss_config, special_tokens, *, mesh=None, data_axes=("data", "fsdp")):
+def next_token_loss_chunked(hidden, logits_fn, tokens, segment_ids, special_tokens, num_chunks: int):
+  """next_token_loss without ever holding the [B, L, V] logits: the sequence is cut into `num_chunks` pieces and
+  each piece's logits are recomputed in the backward pass (jax.checkpoint), so peak memory is [B, L/n, V].
+
+  hidden [B, L, D] (position i predicts token i + 1); logits_fn: [..., D] -> [..., V] float32.
+  """
+  b, length, d = hidden.shape
+  if (length - 1) % num_chunks and length % num_chunks:
+    raise ValueError(f"seq_len {length} does not split into {num_chunks} LM-loss chunks.")
+  targets, weights = generation_targets(tokens, segment_ids, special_tokens)
+  # Pad the L - 1 predicting positions to L so every chunk has the same static size; the pad weighs 0.
+  targets = jnp.pad(targets, ((0, 0), (0, 1)))
+  weights = jnp.pad(weights, ((0, 0), (0, 1)))
+  split = lambda x: jnp.moveaxis(x.reshape((b, num_chunks, length // num_chunks) + x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def piece(h, tgt, w):
+    logp = jax.nn.log_softmax(logits_fn(h).astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * w)
+
+  total = jnp.sum(jax.lax.map(lambda xs: piece(*xs), (split(hidden), split(targets), split(weights))))
+  count = jnp.sum(weights)
+  loss = total / jnp.maximum(count, 1.0)
+  return loss, dict(generation_loss=loss, num_text_targets=count)
+
+
+def lcl_loss(outputs, batch, loss_config, special_tokens, *, mesh=None, data_axes=("data", "fsdp"),
+             logits_fn=None):
   """L = lambda * L_con + w_gen * L_gen from the model outputs.
 
   A weight of 0 switches its term off (the paper's two ablations). The contrastive metrics are reported
   either way (they are cheap and show the generation-only collapse); the LM logits are only needed when
-  the generation weight is non-zero.
+  the generation weight is non-zero. With `logits_fn` and `loss_config.lm_loss_chunks` > 1 the LM head runs
+  chunk by chunk on `outputs["hidden"]` instead of on full logits.
   """
   con, metrics = contrastive_loss(outputs["v"], outputs["t"], outputs["contrastive_valid"],
                                   outputs["logit_scale"], max_logit_scale=loss_config["max_logit_scale"],
                                   mesh=mesh, data_axes=data_axes)
   total = loss_config["contrastive_weight"] * con
   if loss_config["generation_weight"]:
-    gen, m = next_token_loss(outputs["logits"], batch["tokens"], batch["segment_ids"], special_tokens)
+    if outputs.get("logits") is None:
+      gen, m = next_token_loss_chunked(outputs["hidden"], logits_fn, batch["tokens"], batch["segment_ids"],
+                                       special_tokens, loss_config["lm_loss_chunks"])
+    else:
+      gen, m = next_token_loss(outputs["logits"], batch["tokens"], batch["segment_ids"], special_tokens)
     total = total + loss_config["generation_weight"] * gen
     metrics.update(m)
   metrics["loss"] = total

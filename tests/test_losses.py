@@ -121,3 +121,24 @@ def test_target_weights_by_kind():
   # Targets:        text boi img img eoi text eos  <s>(new segment) text eos pad
   expected = np.array([[1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 0]], np.float32)
   np.testing.assert_array_equal(np.asarray(weights), expected)
+
+
+def test_chunked_next_token_loss_equals_full():
+  rng = np.random.default_rng(1)
+  batch, _ = synthetic.make_batch(rng, num_chunks=2, rows_per_chunk=2, images_per_chunk=3, seq_len=40,
+                                  patches=4, image_size=8, vocab_size=50)
+  hidden = rng.normal(size=batch["tokens"].shape + (8,)).astype(np.float32)
+  head = rng.normal(size=(8, 50)).astype(np.float32)
+  st = common.SPECIAL_TOKENS
+
+  def full(h, w):
+    return losses.next_token_loss(h @ w, batch["tokens"], batch["segment_ids"], st)[0]
+
+  def chunked(h, w):
+    return losses.next_token_loss_chunked(h, lambda x: x @ w, batch["tokens"], batch["segment_ids"], st, 4)[0]
+
+  want, want_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, head)
+  got, got_grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, head)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-5)

@@ -115,3 +115,13 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
   updates, _ = tx.update(g, state.opt_state, state.params)
   by_hand = optax.apply_updates(state.params, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated.params, by_hand)
+
+
+def test_chunked_lm_head_gives_the_same_step():
+  config, _, _, state, batch, step = setup(sgd=True)
+  chunked_loss = config.loss.copy_and_resolve_references()
+  chunked_loss.lm_loss_chunks = 4
+  want_state, want = jax.jit(step)(state, batch)
+  got_state, got = jax.jit(functools.partial(step, loss_config=chunked_loss))(state, batch)
+  np.testing.assert_allclose(got["generation_loss"], want["generation_loss"], rtol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_state.params, want_state.params)

@@ -56,8 +56,8 @@ def text_before_in_segment(tokens, positions, first_text_id):
 
 
 class LCL(nn.Module):
-  """batch -> dict(logits [B, L, V] f32 | None, v [N, D_e] f32, t [N, D_e] f32, contrastive_valid [N],
-  logit_scale [])."""
+  """batch -> dict(logits [B, L, V] f32 | None, hidden [B, L, D_lm], v [N, D_e] f32, t [N, D_e] f32,
+  contrastive_valid [N], logit_scale []). `hidden` lets the loss run the LM head chunk by chunk (`lm_logits`)."""
   config: Mapping  # the model section of the config (ConfigDict or dict)
 
   def setup(self):
@@ -85,6 +85,10 @@ class LCL(nn.Module):
     """uint8 [N, H, W, 3] -> (patch latents z [N, K, D_v], pooled v [N, D_e] f32)."""
     z = self.vit(images, deterministic=deterministic)
     return z, self.pool(z).astype(jnp.float32)
+
+  def lm_logits(self, hidden):
+    """Decoder hidden states [..., D_lm] -> float32 logits [..., V]."""
+    return self.decoder.logits(hidden)
 
   def context_vectors(self, tokens, segment_ids, positions, boi_position):
     """Text-only rows -> t [B, D_e] f32 read at `boi_position` [B] (rows like `<s> prompt <boi>`): the decoder as
@@ -126,5 +130,5 @@ class LCL(nn.Module):
     logits = None
     if compute_logits:
       logits = layers.constrain(self.decoder.logits(hidden), (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_VOCAB))
-    return dict(logits=logits, v=v, t=t, contrastive_valid=valid,
+    return dict(logits=logits, hidden=hidden, v=v, t=t, contrastive_valid=valid,
                 logit_scale=self.logit_scale.astype(jnp.float32))
