@@ -39,6 +39,7 @@ def vit_config(variant, *, patch_size, image_size, runlocal=False):
   c.drop_path_rate = 0.2               # stochastic depth at the last block, linear from 0
   c.layerscale_init = 0.1              # initial layer-scale value (None: no layer-scale)
   c.remat = False                      # rematerialise each block in the backward pass
+  c.scan_layers = False                # stack the blocks under nn.scan (params gain a leading `layers` axis)
   if runlocal:
     c.update(width=64, depth=2, num_heads=4, mlp_dim=128)
     c.patch_size = 8
@@ -57,7 +58,8 @@ def decoder_config(*, runlocal=False, vocab_size=DEFAULT_VOCAB_SIZE, seq_len=204
   c.vocab_size = vocab_size            # must equal the tokenizer's vocabulary size
   c.max_len = seq_len                  # learned position table length (>= data seq_len)
   c.tie_embeddings = True              # LM head shares the token embedding (as OPT)
-  c.remat = False
+  c.remat = False                      # rematerialise each block in the backward pass
+  c.scan_layers = False                # stack the blocks under nn.scan (params gain a leading `layers` axis)
   if runlocal:
     c.update(width=64, depth=2, num_heads=4, mlp_dim=256)
   return c
@@ -122,7 +124,6 @@ def data_config(sources, *, runlocal, rows_per_batch, images_per_batch, seq_len=
   c.seq_len = RUNLOCAL_SEQ_LEN if runlocal else seq_len
   c.rows_per_batch = rows_per_batch    # global rows per step (row budget = this / chunks)
   c.images_per_batch = images_per_batch  # global image slots per step (image budget = this / chunks)
-  c.shuffle_buffer = 1024 if runlocal else 16384  # documents, per host and source
   c.block_docs = 512                   # documents per row-building block and resume unit (data_pipelines/row_stream.py)
   c.decode_threads = 0                 # image decode + augment threads per host (0: one per CPU core)
   c.prefetch_batches = 2               # host batches the pipeline's thread prepares ahead
@@ -145,13 +146,16 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
       seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
   config.loss = loss_config(contrastive_weight, generation_weight, lm_loss_chunks=1 if runlocal else 8)
   config.sharding = sharding_config()
-  if not runlocal:  # full size: keep only block inputs for the backward pass (measured with lcl_jax.plan)
-    config.model.vit.remat = config.model.decoder.remat = True
+  if not runlocal:  # full size: scanned blocks keeping only their inputs for the backward pass (lcl_jax.plan)
+    for tower in (config.model.vit, config.model.decoder):
+      tower.remat = tower.scan_layers = True
   if runlocal:
     rows_per_batch, images_per_batch, total_steps, warmup_steps = 8, 32, 300, 30
     peak_lr = 1e-3
   config.data = data_config(sources, runlocal=runlocal, rows_per_batch=rows_per_batch,
                             images_per_batch=images_per_batch)
+  # The decoder's position table follows the data's sequence length (--config.data.seq_len=N moves both).
+  config.model.decoder.max_len = config.data.get_ref("seq_len")
   config.optim = optim_config(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps)
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.every_steps = 100 if runlocal else 1000  # asynchronous saves

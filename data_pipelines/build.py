@@ -3,8 +3,10 @@
   python -m data_pipelines.build --source=mmc4 --input=RAW_DIR --data_dir=DIR [--images=IMAGES] [--mapping=...]
 
 writes `DIR/lcl_<source>/1.0.0/*.tfrecord-*` (builders.py) and `DIR/lcl_<source>/build_report.json`, and prints the
-report. Training reads the result with `load_documents(source, DIR)` (or `tfds.builder("lcl_<source>",
-data_dir=DIR)` after importing data_pipelines.builders). Local folders and gs:// alike; nothing is downloaded.
+report. `--file_format=array_record` writes ArrayRecord files instead: random access, which the training pipeline
+needs for corpora larger than it holds in memory (data_pipelines/README.md). Training reads the result with
+`load_documents(source, DIR)` (or `tfds.builder("lcl_<source>", data_dir=DIR)` after importing
+data_pipelines.builders). Local folders and gs:// alike; nothing is downloaded.
 
 Report (deterministic for the same input, except `build_seconds`):
   documents: read = kept + sum(skipped); skipped by reason (broken_json, empty_document, no_usable_image, ...)
@@ -43,7 +45,7 @@ def report_path(source: str, data_dir: str) -> str:
 
 def build(source: str, input_dir: str, data_dir: str, *, images_dir: str | None = None, mapping: str | None = None,
           num_shards: int | None = None, holdout_fraction: float = 0.0, num_workers: int = 1,
-          image_options: dict | None = None, overwrite: bool = False) -> dict:
+          image_options: dict | None = None, overwrite: bool = False, file_format: str = "tfrecord") -> dict:
   """Builds `lcl_<source>` in data_dir from the raw shards in input_dir; returns (and saves) the report.
 
   images_dir: MMC4/OBELICS images, a folder or tar shards (default `<input_dir>/images`).
@@ -54,21 +56,27 @@ def build(source: str, input_dir: str, data_dir: str, *, images_dir: str | None 
   num_workers: threads validating images; the output does not depend on it.
   image_options: keyword arguments for images.validate_image (max_pixels, max_side, min_side, max_stored_side).
   overwrite: rebuild even if the dataset exists; otherwise an existing build is kept and its saved report returned.
+  file_format: "tfrecord" or "array_record" (random access; what data_pipelines/pipeline.py reads at scale).
   """
   if not shard_files(source, input_dir):
     raise ValueError(f"No {source} shards in {input_dir} (see data_pipelines/readers/{source}.py for the layout).")
   build_kwargs = dict(input_dir=input_dir, images_dir=images_dir, mapping=mapping,
-                      holdout_fraction=holdout_fraction, num_workers=num_workers, image_options=image_options)
-  builder = get_builder(source, data_dir, **build_kwargs)
+                      holdout_fraction=holdout_fraction, num_workers=num_workers, image_options=image_options,
+                      file_format=file_format)
   saved = report_path(source, data_dir)
-  version_dir = str(builder.data_path)
+  existing = get_builder(source, data_dir)  # reads what is on disk, in whatever format it was written
+  version_dir = str(existing.data_path)
   if tf.io.gfile.exists(f"{version_dir}/dataset_info.json"):
+    stored = existing.info.file_format.value
+    if not overwrite and stored != file_format:  # tfds refuses to open a build as another format
+      raise ValueError(f"{version_dir} holds {stored} files; pass overwrite=True (--overwrite) to rebuild it as "
+                       f"{file_format}.")
     if not overwrite and tf.io.gfile.exists(saved):
-      logging.info("%s already built in %s; reusing it (overwrite=True rebuilds).", builder.name, version_dir)
+      logging.info("%s already built in %s; reusing it (overwrite=True rebuilds).", existing.name, version_dir)
       with tf.io.gfile.GFile(saved, "r") as f:
         return json.load(f)
     tf.io.gfile.rmtree(version_dir)  # asked to, or a build without its report: do it again
-    builder = get_builder(source, data_dir, **build_kwargs)
+  builder = get_builder(source, data_dir, **build_kwargs)
 
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as unused:  # tfds insists on a download folder; keep it out of data_dir
@@ -120,9 +128,20 @@ def load_documents(source: str, data_dir: str, split: str = TRAIN, *, shuffle_fi
                    read_config: tfds.ReadConfig | None = None) -> tf.data.Dataset:
   """The built documents as a tf.data.Dataset of dicts (features of builders.features(); images as bytes).
 
-  For multi-host training pass read_config=tfds.ReadConfig(input_context=...) to shard by file.
+  For multi-host training pass read_config=tfds.ReadConfig(input_context=...) to shard by file. An ArrayRecord build
+  (which tfds only opens through `as_data_source`) is streamed in stored order, sharded by example index; it has no
+  file shuffling (data_pipelines/pipeline.py shuffles by index instead).
   """
-  return get_builder(source, data_dir).as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+  builder = get_builder(source, data_dir)
+  if builder.info.file_format.value != "array_record":
+    return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+  if shuffle_files:
+    raise ValueError(f"{builder.name} is an ArrayRecord build: read it in order, or by index with as_data_source.")
+  documents = builder.as_data_source(split)
+  context = read_config.input_context if read_config else None
+  first, step = (context.input_pipeline_id, context.num_input_pipelines) if context else (0, 1)
+  return tf.data.Dataset.from_generator(lambda: (documents[i] for i in range(first, len(documents), step)),
+                                        output_signature=builder.info.features.get_tensor_spec())
 
 
 def _define_flags(flag_values: flags.FlagValues = flags.FLAGS):
@@ -138,6 +157,8 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   flags.DEFINE_integer("num_workers", 8, "Image-validation threads.", **define)
   flags.DEFINE_integer("max_stored_side", None, "Downscale stored images whose longer side exceeds this.", **define)
   flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.", **define)
+  flags.DEFINE_enum("file_format", "tfrecord", ["tfrecord", "array_record"],
+                    "TFDS file format; array_record gives the random access training needs at scale.", **define)
   flags.mark_flags_as_required(["source", "input", "data_dir"], **define)
 
 
@@ -146,7 +167,7 @@ def run(f: flags.FlagValues) -> dict:
   image_options = {"max_stored_side": f.max_stored_side} if f.max_stored_side else None
   report = build(f.source, f.input, f.data_dir, images_dir=f.images, mapping=f.mapping, num_shards=f.num_shards,
                  holdout_fraction=f.holdout_fraction, num_workers=f.num_workers, image_options=image_options,
-                 overwrite=f.overwrite)
+                 overwrite=f.overwrite, file_format=f.file_format)
   print(json.dumps(report, indent=2, sort_keys=True))
   return report
 

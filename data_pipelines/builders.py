@@ -8,10 +8,12 @@ Features mirror the reader schema (readers/schema.py) one to one. Images stay en
 validate_image), not `tfds.features.Image`: a document holds a variable number of differently sized images, which
 tfds cannot decode into one dense tensor, and decoding belongs after row building, where the rows pick images.
 
-Files are TFRecord: `as_dataset(..., shuffle_files=True, read_config=ReadConfig(input_context=...))` shards them by
-file across hosts. The writer orders examples by a hash of doc_id (deterministic, and it mixes shards and sources
-within a file). A split's generator records its skip counts and kept totals (`split_counters`, `split_kept`) for
-the build report (data_pipelines/build.py).
+Files are TFRecord by default: `as_dataset(..., shuffle_files=True, read_config=ReadConfig(input_context=...))` shards
+them by file across hosts. `file_format="array_record"` (build.py --file_format) writes ArrayRecord instead, which
+adds random access (`builder.as_data_source(split)`): the training pipeline (data_pipelines/pipeline.py) needs it for
+corpora too large to hold in memory. The writer orders examples by a hash of doc_id (deterministic, and it mixes
+shards and sources within a file). A split's generator records its skip counts and kept totals (`split_counters`,
+`split_kept`) for the build report (data_pipelines/build.py).
 """
 import hashlib
 import inspect
@@ -71,7 +73,9 @@ class _LclBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, input_dir: str | None = None, images_dir: str | None = None, mapping: str | None = None,
                holdout_fraction: float = 0.0, num_workers: int = 1, image_options: dict | None = None, **kwargs):
     """input_dir etc. are only needed to build; reading a built dataset needs data_dir alone."""
-    kwargs.setdefault("file_format", "tfrecord")
+    if input_dir is not None:  # building: TFRecord unless asked (explicit, as tfds's own default may change)
+      kwargs.setdefault("file_format", "tfrecord")
+    # Reading: no file_format, so tfds takes the one recorded on disk (passing a different one raises).
     super().__init__(**kwargs)
     self.input_dir = input_dir
     self.images_dir = images_dir

@@ -17,10 +17,15 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=False)
-_PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
-_PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
+
+
+def define_flags():
+  """Flags exist only when this module runs as the program: importing it (tests) must not claim flag names."""
+  global _CONFIG, _PRESET, _STEPS, _PIPELINE
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=False)
+  _PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+  _PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
 
 
 def cpu_small_config():
@@ -186,4 +191,5 @@ def pipeline_seconds(config, state, step, mesh, shards, steps):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -38,7 +38,8 @@ class VisionTower(nn.Module):
     v, dtype, pdtype = c["vit"], jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
     self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
                    patch_size=v["patch_size"], image_size=v["image_size"], drop_path_rate=v["drop_path_rate"],
-                   layerscale_init=v["layerscale_init"], remat=False, dtype=dtype, param_dtype=pdtype)
+                   layerscale_init=v["layerscale_init"], remat=False,
+                   scan_layers=v.get("scan_layers", False), dtype=dtype, param_dtype=pdtype)
     self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
 
   def __call__(self, images, deterministic: bool = True):

@@ -19,20 +19,25 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
-_MESH = flags.DEFINE_string("mesh", "data:8", "Mesh as axis:size pairs, e.g. data:64,fsdp:4 (axes data, fsdp, "
-                            "tensor).")
-_DEVICE = flags.DEFINE_string("device_kind", "tpu_v5p", "Target device: tpu_v6e, tpu_v5p, tpu_v5e, tpu_v4, b200, "
-                              "h200, h100, a100.")
-_MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the time prediction.")
-_ROWS = flags.DEFINE_integer("rows_per_device", None, "Override: rows per data shard (default: the config's).")
-_IMAGES = flags.DEFINE_integer("images_per_device", None, "Override: image slots per data shard.")
-_FIT = flags.DEFINE_boolean("fit", False, "Search the largest per-device batch that fits the device memory.")
-flags.mark_flags_as_required(["config"])
 
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
                 "f64": 8, "s64": 8, "u64": 8}
+
+
+def define_flags():
+  """Flags exist only when this module runs as the program: importing it (tests) must not claim flag names."""
+  global _CONFIG, _MESH, _DEVICE, _MFU, _ROWS, _IMAGES, _FIT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
+  _MESH = flags.DEFINE_string("mesh", "data:8", "Mesh as axis:size pairs, e.g. data:64,fsdp:4 (axes data, fsdp, "
+                              "tensor).")
+  _DEVICE = flags.DEFINE_string("device_kind", "tpu_v5p", "Target device: tpu_v6e, tpu_v5p, tpu_v5e, tpu_v4, b200, "
+                                "h200, h100, a100.")
+  _MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the time prediction.")
+  _ROWS = flags.DEFINE_integer("rows_per_device", None, "Override: rows per data shard (default: the config's).")
+  _IMAGES = flags.DEFINE_integer("images_per_device", None, "Override: image slots per data shard.")
+  _FIT = flags.DEFINE_boolean("fit", False, "Search the largest per-device batch that fits the device memory.")
+  flags.mark_flags_as_required(["config"])
 
 
 def parse_mesh(text: str) -> dict:
@@ -170,4 +175,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -223,7 +223,7 @@ def test_every_parameter_has_logical_axes_and_fsdp_shards_large_ones():
 
 
 def _tower_counts(config_module):
-  from lcl_jax.models.__main__ import parameter_table
+  from lcl_jax.models.summary import parameter_table
   return parameter_table(config_module.get_config().model)[1]
 
 
@@ -249,3 +249,33 @@ def test_context_vectors_equal_t_of_the_full_model(model_and_params):
   t = jax.jit(lambda p: model.apply({"params": p}, tokens, segs, batch["positions"][row][None],
                                     np.array([start]), method=models.LCL.context_vectors))(params)
   np.testing.assert_allclose(t[0], out["t"][i], atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_compute_the_same_model(remat):
+  """scan_layers stacks the same blocks: with the unrolled params restacked, outputs and gradients agree."""
+  batch, _ = tiny_batch(seed=8)
+  plain = models.LCL(tiny_config())
+  config = tiny_config()
+  for tower in (config.vit, config.decoder):
+    tower.scan_layers, tower.remat = True, remat
+  scanned = models.LCL(config)
+  params = nn.unbox(jax.jit(lambda b: plain.init(jax.random.key(0), b, num_chunks=2))(batch)["params"])
+  stacked = dict(params)
+  for tower, depth in (("vit", config.vit.depth), ("decoder", config.decoder.depth)):
+    blocks = [params[tower][f"block_{i}"] for i in range(depth)]
+    rest = {k: v for k, v in params[tower].items() if not k.startswith("block_")}
+    stacked[tower] = dict(rest, blocks=jax.tree.map(lambda *xs: jnp.stack(xs), *blocks))
+  loss_config = vitb16_mmc4.get_config("runlocal").loss
+
+  def loss(model, p):
+    out = model.apply({"params": p}, batch, num_chunks=2)
+    return losses.lcl_loss(out, batch, loss_config, ST)[0]
+
+  want, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  got, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p)))(stacked)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(got_grads["decoder"]["blocks"]["mlp"]["fc1"]["kernel"][1],
+                             want_grads["decoder"]["block_1"]["mlp"]["fc1"]["kernel"], atol=1e-5)
+  np.testing.assert_allclose(got_grads["vit"]["blocks"]["attn"]["query"]["kernel"][0],
+                             want_grads["vit"]["block_0"]["attn"]["query"]["kernel"], atol=1e-5)

@@ -27,11 +27,12 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):
+    """(x [B, L, D], mask) -> (x, None), the shape nn.scan wants."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.layer_norm(**kw, name="ln_attn")(x)
     x = layers.constrain(x + layers.MultiHeadAttention(self.num_heads, **kw, name="attn")(h, h, mask), ACT)
     h = layers.layer_norm(**kw, name="ln_mlp")(x)
-    return layers.constrain(x + layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT), ACT)
+    return layers.constrain(x + layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT), ACT), None
 
 
 class Decoder(nn.Module):
@@ -48,6 +49,7 @@ class Decoder(nn.Module):
   max_len: int
   tie_embeddings: bool = True
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -58,9 +60,6 @@ class Decoder(nn.Module):
     self.pos_embed = self.param(
         "pos_embed", layers.param_with_axes(nn.initializers.normal(0.02), (axes.POSITIONS, axes.EMBED)),
         (self.max_len, self.width), self.param_dtype)
-    block = nn.remat(DecoderBlock) if self.remat else DecoderBlock
-    self.blocks = [block(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=f"block_{i}")
-                   for i in range(self.depth)]
     self.ln_final = layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)
     if not self.tie_embeddings:
       self.lm_head = layers.dense(self.vocab_size, axes.EMBED, axes.VOCAB, dtype=self.dtype,
@@ -77,9 +76,13 @@ class Decoder(nn.Module):
     x = x + jnp.take(self.pos_embed, positions, axis=0).astype(self.dtype)
     x = layers.constrain(x, ACT)
     mask = causal_segment_mask(segment_ids)
-    for block in self.blocks:
-      x = block(x, mask)
+    x = self._blocks(x, mask)
     return self.ln_final(x)
+
+  @nn.compact
+  def _blocks(self, x, mask):
+    return layers.apply_blocks(DecoderBlock, (self.num_heads, self.mlp_dim, self.dtype, self.param_dtype), x, mask,
+                               depth=self.depth, remat=self.remat, scan=self.scan_layers, per_layer_side=False)
 
   def logits(self, hidden):
     """[..., D] -> [..., V] in float32 (the softmax that follows is float32)."""

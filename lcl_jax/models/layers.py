@@ -129,11 +129,32 @@ class LayerScale(nn.Module):
     return x * scale.astype(x.dtype)
 
 
-def drop_path(module: nn.Module, x, rate: float, deterministic: bool):
-  """Stochastic depth: drop the whole residual branch per example with probability `rate`."""
-  if deterministic or rate == 0.0:
+def apply_blocks(block_cls, block_args, x, side, *, depth, remat, scan, per_layer_side):
+  """Runs `depth` blocks `block_cls(*block_args)(x, side) -> (x, None)` inside the calling module.
+
+  scan=True stacks the blocks' params on a leading `layers` axis and runs them with nn.scan: one compiled body,
+  and with remat only each block's input is kept for the backward pass (unrolled remat does not bound memory
+  under XLA's schedulers; measured with lcl_jax.plan). `side` is per layer ([depth, ...], e.g. drop rates) when
+  per_layer_side, else the same for every block (e.g. the attention mask).
+  """
+  # Inside scan the loop already keeps recomputation apart; unrolled, CSE must not merge it back.
+  cls = nn.remat(block_cls, prevent_cse=not scan) if remat else block_cls
+  if scan:
+    stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=0 if per_layer_side else nn.broadcast, length=depth,
+                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    return stack(*block_args, name="blocks")(x, side)[0]
+  for i in range(depth):
+    x = cls(*block_args, name=f"block_{i}")(x, side[i] if per_layer_side else side)[0]
+  return x
+
+
+def drop_path(module: nn.Module, x, rate, deterministic: bool):
+  """Stochastic depth: drop the whole residual branch per example with probability `rate` (may be traced)."""
+  if deterministic or (isinstance(rate, float) and rate == 0.0):
     return x
   keep = 1.0 - rate
   rng = module.make_rng("dropout")
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+  # Scale in x's dtype: a float32 (traced) rate must not promote a bfloat16 residual stream.
+  return x * (mask / keep).astype(x.dtype)

@@ -67,11 +67,11 @@ class LCL(nn.Module):
     self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
                    patch_size=v["patch_size"], image_size=v["image_size"],
                    drop_path_rate=v["drop_path_rate"], layerscale_init=v["layerscale_init"],
-                   remat=v["remat"], dtype=dtype, param_dtype=pdtype)
+                   remat=v["remat"], scan_layers=v["scan_layers"], dtype=dtype, param_dtype=pdtype)
     self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
     self.decoder = Decoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
                            mlp_dim=d["mlp_dim"], vocab_size=d["vocab_size"], max_len=d["max_len"],
-                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], dtype=dtype,
+                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], scan_layers=d["scan_layers"], dtype=dtype,
                            param_dtype=pdtype)
     self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
     self.context_norm = layers.layer_norm(dtype=dtype, param_dtype=pdtype)

@@ -24,28 +24,30 @@ def normalize_images(images, dtype):
 
 
 class VitBlock(nn.Module):
+  """Pre-LN block with layer-scale and stochastic depth: (x [N, K, D], drop rate []) -> (x, None), the shape
+  nn.scan wants."""
   num_heads: int
   mlp_dim: int
-  drop_path_rate: float
   layerscale_init: Optional[float]
+  deterministic: bool
   dtype: Dtype
   param_dtype: Dtype
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, drop_rate):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def branch(h, name):
       if self.layerscale_init is not None:
         h = layers.LayerScale(self.layerscale_init, self.param_dtype, name=f"ls_{name}")(h)
-      return layers.drop_path(self, h, self.drop_path_rate, deterministic)
+      return layers.drop_path(self, h, drop_rate, self.deterministic)
 
     h = layers.layer_norm(**kw, name="ln_attn")(x)
     h = layers.MultiHeadAttention(self.num_heads, **kw, name="attn")(h, h)
     x = layers.constrain(x + branch(h, "attn"), ACT)
     h = layers.layer_norm(**kw, name="ln_mlp")(x)
     h = layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT)
-    return layers.constrain(x + branch(h, "mlp"), ACT)
+    return layers.constrain(x + branch(h, "mlp"), ACT), None
 
 
 class ViT(nn.Module):
@@ -59,6 +61,7 @@ class ViT(nn.Module):
   drop_path_rate: float = 0.0
   layerscale_init: Optional[float] = 0.1
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -83,12 +86,11 @@ class ViT(nn.Module):
                      (self.num_patches, self.width), self.param_dtype)
     x = layers.constrain(x + pos.astype(self.dtype), ACT)
 
-    block = nn.remat(VitBlock, static_argnums=(2,)) if self.remat else VitBlock
-    for i in range(self.depth):
-      # Stochastic depth rises linearly with depth to drop_path_rate at the last block.
-      rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-      x = block(self.num_heads, self.mlp_dim, rate, self.layerscale_init, self.dtype,
-                self.param_dtype, name=f"block_{i}")(x, deterministic)
+    # Stochastic depth rises linearly with depth to drop_path_rate at the last block.
+    rates = jnp.linspace(0.0, self.drop_path_rate, self.depth) if self.depth > 1 else jnp.zeros((1,))
+    block_args = (self.num_heads, self.mlp_dim, self.layerscale_init, deterministic, self.dtype, self.param_dtype)
+    x = layers.apply_blocks(VitBlock, block_args, x, rates, depth=self.depth, remat=self.remat,
+                            scan=self.scan_layers, per_layer_side=True)
     return layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
 
 
