@@ -50,6 +50,13 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]["hosts"]
 
+  def restore_arrays(self, step: int):
+    """-> (state as saved, a nested dict of arrays on the default device, [data state of each host]) without
+    an abstract state: for inspection and tests, not for resuming a sharded run."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]["hosts"]
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

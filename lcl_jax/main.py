@@ -39,9 +39,20 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
+def quiet_checkpoint_logs():
+  """Orbax logs every save in a dozen INFO lines; keep its warnings and errors, drop the rest."""
+  import logging as std_logging
+
+  class _Filter(std_logging.Filter):
+    def filter(self, record):
+      return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  logging.get_absl_handler().addFilter(_Filter())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_checkpoint_logs()
   # TensorFlow only feeds data: it must not take accelerator memory from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf
