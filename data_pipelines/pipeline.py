@@ -17,10 +17,11 @@ and assembles batches, and keeps `config.data.prefetch_batches` of them ready. E
 of the state of the row it starts from, so the state is a handful of integers and never the content of a buffer.
 
 Rows that cannot be used are dropped in stream order and counted (`skipped/...` in the metrics and the state): a row
-with more images than a chunk's image budget (`skipped/row_over_image_budget`; such a row fits no chunk), a row with
-an image that fails to decode (`skipped/image/<reason>`; the build validated every image, so this means corrupted
-storage). Documents the row builders skip are counted per source (`skipped/lcl_mmc4/no_image_kept`, ...), and the
-build's own skips are reported as constants (`skipped/build/<source>/<reason>`).
+with more images than a chunk's image budget (`skipped/row_over_image_budget`; such a row fits no chunk; rows are
+built capped at that budget, so this is only a safety net), a row with an image that fails to decode
+(`skipped/image/<reason>`; the build validated every image, so this means corrupted storage). Documents the row
+builders skip are counted per source (`skipped/lcl_mmc4/no_image_kept`, ...), and the build's own skips are reported
+as constants (`skipped/build/<source>/<reason>`).
 """
 import collections
 import concurrent.futures
@@ -113,13 +114,23 @@ class Pipeline:
     self.documents = {name: documents_lib.Documents(name, data_dir, split) for name in self.names}
     self.build_skips = {f"skipped/build/{name}/{reason}": float(n) for name in self.names
                         for reason, n in self.documents[name].build_skips.items()}
+    # Rows are built with at most a chunk's image budget of images: a row over it fits no chunk and would be dropped
+    # whole (on 8 chunks of a runlocal config every LAION row would be). The cap is a function of the config and the
+    # chunk count alone, so a resumed run on the same chunks rebuilds exactly the same rows.
+    self.row_image_cap = self.images_per_chunk
     for name in self.names:
-      most = max_images_per_row(documents_lib.source_of(name), self.seq_len, self.patches)
-      if most > self.images_per_chunk:
-        logging.warning("%s rows can hold up to %d images, over the image budget of %d per chunk "
-                        "(config.data.images_per_batch=%d over %d chunks): such rows are dropped and counted as "
-                        "skipped/row_over_image_budget.", name, most, self.images_per_chunk, d.images_per_batch,
-                        num_chunks)
+      source = documents_lib.source_of(name)
+      most = max_images_per_row(source, self.seq_len, self.patches)
+      if most <= self.row_image_cap:
+        continue
+      if source == "mmc4":  # not just packing: the images after the first `cap` of a document are no longer used
+        logging.warning("%s: keeping the first %d images of each document instead of %d, the image budget per chunk "
+                        "(config.data.images_per_batch=%d over %d chunks).", name, self.row_image_cap, most,
+                        d.images_per_batch, num_chunks)
+      else:
+        logging.info("%s: rows hold at most %d images (the image budget per chunk, config.data.images_per_batch=%d "
+                     "over %d chunks) instead of up to %d: more rows, more padding.", name, self.row_image_cap,
+                     d.images_per_batch, num_chunks, most)
 
     self._stream = self._new_stream()  # ready to start from self._state; None once a thread has taken it
     self._state = dict(self._stream.state(), batches=0)
@@ -131,7 +142,7 @@ class Pipeline:
     sources = [row_stream.SourceStream(
         name, self.documents[name],
         row_stream.row_builder(documents_lib.source_of(name), self.tokenizer, seq_len=self.seq_len,
-                               patches_per_image=self.patches),
+                               patches_per_image=self.patches, max_images=self.row_image_cap),
         seed=self.seed, host=self.host, hosts=self.hosts, block_docs=self.block_docs) for name in self.names]
     return row_stream.RowStream(sources, self.weights, seed=self.seed, host=self.host, hosts=self.hosts,
                                 block_docs=self.block_docs)

@@ -50,22 +50,31 @@ class RowItem:
   state: dict
 
 
-def row_builder(source: str, tokenizer, *, seq_len: int, patches_per_image: int) -> Callable:
-  """-> build(documents, rng, counts) -> Iterator[Row] for one source (rows.py), counting what it skips."""
+def row_builder(source: str, tokenizer, *, seq_len: int, patches_per_image: int,
+                max_images: int | None = None) -> Callable:
+  """-> build(documents, rng, counts) -> Iterator[Row] for one source (rows.py), counting what it skips.
+
+  `max_images` (None: no limit) caps the images of every row; rows are a function of it, so a resumed run must pass
+  the same value to replay a block's rows exactly.
+  """
   kwargs = dict(seq_len=seq_len, patches_per_image=patches_per_image)
   if source == "mmc4":
+    # MMC4 already keeps only the first MAX_IMAGES_PER_DOC images of a document; a lower cap keeps fewer of them.
+    mmc4_max = rows_lib.MAX_IMAGES_PER_DOC if max_images is None else min(rows_lib.MAX_IMAGES_PER_DOC, max_images)
+
     def build(docs, rng, counts):
       for doc in docs:
-        row = rows_lib.mmc4_row(doc, rng, tokenizer, **kwargs)
+        row = rows_lib.mmc4_row(doc, rng, tokenizer, max_images=mmc4_max, **kwargs)
         if row is None:  # no image left after the similarity filter (method.md section 2)
           counts["no_image_kept"] = counts.get("no_image_kept", 0) + 1
         else:
           yield row
     return build
   if source == "laion":
-    return lambda docs, rng, counts: rows_lib.laion_rows(docs, rng, tokenizer, **kwargs)
+    return lambda docs, rng, counts: rows_lib.laion_rows(docs, rng, tokenizer, max_images=max_images, **kwargs)
   if source == "obelics":
-    return lambda docs, rng, counts: rows_lib.obelics_rows(docs, rng, tokenizer, counts=counts, **kwargs)
+    return lambda docs, rng, counts: rows_lib.obelics_rows(docs, rng, tokenizer, max_row_images=max_images,
+                                                           counts=counts, **kwargs)
   raise ValueError(f"no row builder for source {source!r}")
 
 

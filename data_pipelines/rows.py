@@ -117,6 +117,11 @@ def _padded_row(tokens, segment_ids, positions, images, doc_ids, seq_len, pad_id
       images=list(images), doc_ids=list(doc_ids))
 
 
+def _check_cap(name, value):
+  if value is not None and value < 1:
+    raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
 def _check_lengths(seq_len, patches_per_image, extra):
   """A row must hold at least one whole image span plus `extra` tokens around it."""
   if patches_per_image < 1:
@@ -188,12 +193,14 @@ def mmc4_row(doc, rng, tokenizer, *, seq_len, patches_per_image, sim_threshold=M
 # LAION-Random: (image, caption) mini documents packed into rows, one segment each.
 
 
-def laion_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image) -> Iterator[Row]:
+def laion_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image, max_images=None) -> Iterator[Row]:
   """Pairs -> rows. Each image with its matched text becomes `<s> span caption </s>` or `<s> caption span </s>`
-  (p = 0.5 each); pairs are packed in order until the next one would not fit, then the row is padded and the next
-  row starts with that pair. Nothing is dropped; a caption too long for an empty row is truncated so the pair fits.
+  (p = 0.5 each); pairs are packed in order until the next one would not fit, or the row already holds `max_images`
+  pairs (None: no limit), then the row is padded and the next row starts with that pair. Nothing is dropped; a
+  caption too long for an empty row is truncated so the pair fits.
   """
   _check_lengths(seq_len, patches_per_image, extra=2)
+  _check_cap("max_images", max_images)
   span = image_span(tokenizer, patches_per_image)
   max_caption = seq_len - len(span) - 2
   tokens, segments, positions, images, doc_ids = [], [], [], [], []
@@ -208,7 +215,9 @@ def laion_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image) ->
         pair = [tokenizer.bos_id] + span + captions[j] + [tokenizer.eos_id]
       else:
         pair = [tokenizer.bos_id] + captions[j] + span + [tokenizer.eos_id]
-      if len(tokens) + len(pair) > seq_len:
+      # The image cap exists because a row with more images than a chunk's image budget fits no chunk and would be
+      # dropped whole by the pipeline (data_pipelines/pipeline.py); a shorter row only costs padding.
+      if len(tokens) + len(pair) > seq_len or (max_images is not None and len(images) >= max_images):
         yield _padded_row(tokens, segments, positions, images, doc_ids, seq_len, tokenizer.pad_id)
         tokens, segments, positions, images, doc_ids = [], [], [], [], []
       segment = (segments[-1] + 1) if segments else 1
@@ -226,10 +235,11 @@ def laion_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image) ->
 
 
 class _Windows:
-  """Fills consecutive windows of seq_len tokens; a document crossing a boundary continues as a new segment."""
+  """Fills consecutive windows of seq_len tokens; a document crossing a boundary continues as a new segment. A window
+  holds at most `max_images` image spans (None: as many as fit)."""
 
-  def __init__(self, seq_len, pad_id):
-    self.seq_len, self.pad_id = seq_len, pad_id
+  def __init__(self, seq_len, pad_id, max_images=None):
+    self.seq_len, self.pad_id, self.max_images = seq_len, pad_id, max_images
     self.done = []
     self._reset()
 
@@ -272,25 +282,31 @@ class _Windows:
       ids = ids[len(take):]
 
   def add_span(self, span, image, doc_id):
-    if len(span) > self.room():  # never straddle: pad this window, the span opens the next one
+    # Never straddle: pad this window, the span opens the next one. The same when the window is full of images
+    # (a row over the pipeline's per-chunk image budget would be dropped whole); text may still fill it up to then.
+    full = self.max_images is not None and len(self.images) >= self.max_images
+    if len(span) > self.room() or full:
       self.flush()
     self._append(span, doc_id)
     self.images.append(image)
 
 
 def obelics_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image,
-                 max_images=MAX_IMAGES_PER_DOC, counts=None) -> Iterator[Row]:
+                 max_images=MAX_IMAGES_PER_DOC, max_row_images=None, counts=None) -> Iterator[Row]:
   """Documents -> consecutive seq_len windows of the concatenation of `<s> document </s>`, each its own segment.
 
   Documents keep their stored placement (OBELICS: fixed page order; a PLACEMENT_RANDOM document is drawn as in
   MMC4). Only documents with 1 to `max_images` images are used (method.md section 2); the others are skipped and
   counted in `counts` (a dict, if given) under "no_image" / "too_many_images". An image span that would straddle a
-  window boundary moves whole to the next window and the current window is padded from there; a document that
-  continues into the next window continues there as a new segment with positions from 0. Nothing is dropped.
+  window boundary moves whole to the next window and the current window is padded from there; so does the next
+  span once a window holds `max_row_images` spans (None: no limit; `max_images` is the per-document filter above), a
+  document with more images than that simply continuing across windows. A document that continues into the next
+  window continues there as a new segment with positions from 0. Nothing is dropped.
   """
   _check_lengths(seq_len, patches_per_image, extra=0)
+  _check_cap("max_row_images", max_row_images)
   span = image_span(tokenizer, patches_per_image)
-  windows = _Windows(seq_len, tokenizer.pad_id)
+  windows = _Windows(seq_len, tokenizer.pad_id, max_row_images)
   for doc in docs:
     doc_id, texts, images, index, sims, placement = _doc_fields(doc)
     images, index, sims = _valid_links(texts, images, index, sims, placement)

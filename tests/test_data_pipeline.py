@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import vitb16_mmc4
+from configs import vitb16_mmc4, vitl14_laion_mmc4
 from configs.common import SPECIAL_TOKENS
-from data_pipelines import augment, build, chunking, demo, pipeline, sampling
+from data_pipelines import augment, build, chunking, demo, pipeline, row_stream, sampling
 from pipeline_corpus import (BAD_IMAGES, CONVERTIBLE_IMAGES, dirty_mmc4_docs, laion_docs, mmc4_docs, obelics_docs,
                              pixel_hash, png_hash, write_source)
 from test_data_readers import make_laion, make_mmc4, make_obelics
@@ -236,7 +236,28 @@ def test_resume_on_fewer_hosts_skips_no_document(generated, demo_paths):
   assert seen == {d["doc_id"] for d in docs["lcl_laion"]}
 
 
-def test_rows_over_the_image_budget_are_dropped_and_counted(generated, demo_paths):
+def test_rows_are_capped_at_the_image_budget(generated, demo_paths):
+  data_dir, docs = generated
+  names = sorted(docs)
+  config = make_config(data_dir, demo_paths.tokenizer_path, {n: 1.0 for n in names}, images_per_batch=6)
+  data = pipeline.Pipeline(config, num_chunks=2, train=False)  # 3 image slots per chunk
+  seen = {n: collections.Counter() for n in names}
+
+  def on_row(info, images):
+    assert len(images) <= 3
+    seen[info["source"]].update(pixel_hash(im) for im in images)
+  metrics = epoch_zero(data, names, on_row)
+  data.close()
+  assert metrics.get("skipped/row_over_image_budget", 0) == 0
+  # LAION and OBELICS rows are only packed tighter: every image once. MMC4 keeps the first 3 of each document.
+  for name, keep in (("lcl_laion", None), ("lcl_obelics", None), ("lcl_mmc4", 3)):
+    assert seen[name] == collections.Counter(png_hash(im) for d in docs[name] for im in d["images"][:keep]), name
+
+
+def test_rows_over_the_image_budget_are_dropped_and_counted(generated, demo_paths, monkeypatch):
+  # Rows are built within the budget, so the drop is a safety net: exercise it with rows built without the cap.
+  uncapped = row_stream.row_builder
+  monkeypatch.setattr(row_stream, "row_builder", lambda *args, max_images=None, **kwargs: uncapped(*args, **kwargs))
   data_dir, docs = generated
   config = make_config(data_dir, demo_paths.tokenizer_path, {"lcl_mmc4": 1.0}, images_per_batch=6)
   data = pipeline.Pipeline(config, num_chunks=2)  # 3 image slots per chunk
@@ -245,6 +266,22 @@ def test_rows_over_the_image_budget_are_dropped_and_counted(generated, demo_path
   data.close()
   assert used == {d["doc_id"] for d in docs["lcl_mmc4"] if len(d["images"]) <= 3}
   assert metrics["skipped/row_over_image_budget"] >= len(docs["lcl_mmc4"]) - len(used)
+
+
+def test_runlocal_on_eight_chunks_feeds_laion_rows(demo_paths):
+  # 32 image slots over 8 chunks: 4 per chunk, while an uncapped 256-token LAION row holds ~8 pairs.
+  config = vitl14_laion_mmc4.get_config("runlocal")
+  config.data.update(dict(data_dir=demo_paths.data_dir, tokenizer=demo_paths.tokenizer_path, decode_threads=2))
+  data = pipeline.Pipeline(config, num_chunks=8)
+  assert data.images_per_chunk == 4 and pipeline.max_images_per_row("laion", data.seq_len, data.patches) > 4
+  laion_rows = 0
+  for _ in range(6):
+    batch, metrics = next(data)
+    laion_rows += metrics["rows/lcl_laion"]
+    row_images(batch, 8)
+    assert metrics.get("skipped/row_over_image_budget", 0) == 0
+  data.close()
+  assert laion_rows > 0
 
 
 def test_bad_inputs_are_skipped_and_counted(tmp_path, demo_paths):

@@ -284,6 +284,30 @@ def test_laion_nothing_dropped_and_placement_is_balanced():
   assert abs(before - 1000) < 4 * np.sqrt(2000 * 0.25), before
 
 
+def test_laion_max_images_starts_a_new_row_and_loses_nothing():
+  docs = [pair("10", f"{i}".encode(), f"p{i}") for i in range(5)]
+  out = list(rows.laion_rows(docs, FixedRng([BEFORE] * 5), TOK, seq_len=40, patches_per_image=K, max_images=2))
+  # 5 pairs of 7 tokens would share one 40-token row; the cap makes rows of 2, 2, 1.
+  assert [r.doc_ids for r in out] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+  np.testing.assert_array_equal(out[0].tokens, [BOS, *SPAN, 10, EOS] * 2 + [PAD] * 26)
+  np.testing.assert_array_equal(out[2].segment_ids, [1] * 7 + [0] * 33)
+
+  data = np.random.default_rng(0)
+  docs = [pair(" ".join(str(w) for w in data.integers(6, 99, size=data.integers(1, 9))), str(i).encode(), str(i))
+          for i in range(500)]
+  for cap in (1, 3, 100):
+    out = list(rows.laion_rows(docs, np.random.default_rng(1), TOK, seq_len=40, patches_per_image=K, max_images=cap))
+    assert [im for r in out for im in r.images] == [d["images"][0] for d in docs]  # every pair once, in order
+    for r in out:
+      check_layout(r, 40)
+      assert spans_of(r) == len(r.doc_ids) <= cap
+  # A cap the rows never reach changes nothing, draws included.
+  assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(
+      out, rows.laion_rows(docs, np.random.default_rng(1), TOK, seq_len=40, patches_per_image=K)))
+  with pytest.raises(ValueError, match="max_images"):
+    next(rows.laion_rows(docs, np.random.default_rng(1), TOK, seq_len=40, patches_per_image=K, max_images=0))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # OBELICS
 
@@ -357,3 +381,45 @@ def test_obelics_random_placement_documents_are_drawn():
   first = [next(rows.obelics_rows([d], np.random.default_rng(s), TOK, seq_len=16, patches_per_image=K)).tokens[1]
            for s in range(50)]
   assert set(first) == {BOI, 10}
+
+
+def test_obelics_max_row_images_moves_the_next_span_on_whole():
+  # <s> SPAN(a0) 10 SPAN(a1) 11 SPAN(a2) 12 </s>: 18 tokens, one window of 20 without a cap.
+  a = doc(["10", "11", "12"], [0, 1, 2], images=[b"a0", b"a1", b"a2"], placement=1, doc_id="a")
+  out = list(rows.obelics_rows([a], np.random.default_rng(0), TOK, seq_len=20, patches_per_image=K,
+                               max_row_images=2))
+  # Text after the second span still fills window 0; the third span opens window 1, the document continuing there.
+  np.testing.assert_array_equal(out[0].tokens, [BOS, *SPAN, 10, *SPAN, 11] + [PAD] * 9)
+  np.testing.assert_array_equal(out[1].tokens, [*SPAN, 12, EOS] + [PAD] * 14)
+  np.testing.assert_array_equal(out[1].positions, list(range(6)) + [0] * 14)
+  assert [r.images for r in out] == [[b"a0", b"a1"], [b"a2"]] and [r.doc_ids for r in out] == [["a"], ["a"]]
+  with pytest.raises(ValueError, match="max_row_images"):
+    next(rows.obelics_rows([a], np.random.default_rng(0), TOK, seq_len=20, patches_per_image=K, max_row_images=0))
+
+
+@pytest.mark.parametrize("cap", [1, 2, 4])
+def test_obelics_capped_windows_lose_nothing_and_never_split_a_span(cap):
+  data = np.random.default_rng(4)
+  docs, expected_text, expected_images = [], [], []
+  for i in range(150):
+    n_text = int(data.integers(1, 6))
+    texts = [" ".join(str(w) for w in data.integers(6, 99, size=data.integers(0, 10))) for _ in range(n_text)]
+    n_img = int(data.integers(1, 7))  # documents with more images than the cap continue across windows
+    index = sorted(data.integers(0, n_text + 1, size=n_img).tolist())
+    docs.append(doc(texts, index, images=[f"{i}.{k}".encode() for k in range(n_img)], placement=1, doc_id=str(i)))
+    expected_text += [BOS] + [int(w) for t in texts for w in t.split()] + [EOS]
+    expected_images += docs[-1]["images"]
+  k, seq_len = 2, 48
+  out = list(rows.obelics_rows(docs, np.random.default_rng(0), TOK, seq_len=seq_len, patches_per_image=k,
+                               max_row_images=cap))
+  text, images = [], []
+  for r in out:
+    check_layout(r, seq_len)
+    assert spans_of(r, k) <= cap
+    text += [t for t in r.tokens[r.segment_ids > 0] if t not in (BOI, IMG, EOI)]
+    images += r.images
+  assert text == expected_text and images == expected_images  # every span once, in order, never split
+  # A window is padded only where the next span did not fit, the window was full of images, or at the very end.
+  for r, nxt in zip(out, out[1:]):
+    n = int((r.segment_ids > 0).sum())
+    assert n == seq_len or (nxt.tokens[0] == BOI and (n + k + 2 > seq_len or len(r.images) == cap))
