@@ -120,15 +120,23 @@ def nn_apply(model, fn):
 
 def main(argv):
   del argv
-  import flax.linen as nn
-  import jax
-  from lcl_jax import metrics, sharding, state as state_lib, train, train_step as ts
   if _PRESET.value == "cpu-small":
     config = cpu_small_config()
   elif _CONFIG.value is not None:
     config = _CONFIG.value
   else:
     raise app.UsageError("Pass --config=CONFIG[:runlocal] or --preset=cpu-small.")
+  result = bench(config, steps=_STEPS.value, name=_PRESET.value or config.name,
+                 with_pipeline=_PIPELINE.value and not _PRESET.value)
+  json.dump(result, sys.stdout, indent=2)
+  print()
+
+
+def bench(config, *, steps, name, with_pipeline):
+  """-> the benchmark's JSON-able result for `config`."""
+  import flax.linen as nn
+  import jax
+  from lcl_jax import metrics, sharding, state as state_lib, train, train_step as ts
   config.model.decoder.max_len = max(config.model.decoder.max_len, config.data.seq_len)
   mesh = sharding.make_mesh(config.sharding.mesh)
   shards = sharding.num_data_shards(mesh)
@@ -142,8 +150,8 @@ def main(argv):
     step = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
                    out_shardings=(spec.shardings, None))
     batch = train.global_batch(host_batch, mesh)
-    seconds = _time(lambda s: step(s, batch)[0], state, steps=_STEPS.value)
-    parts = component_seconds(config, state, batch, shards, max(2, _STEPS.value // 3))
+    seconds = _time(lambda s: step(s, batch)[0], state, steps=steps)
+    parts = component_seconds(config, state, batch, shards, max(2, steps // 3))
 
   flops = metrics.model_flops_per_step(config.model, rows=config.data.rows_per_batch,
                                        image_slots=config.data.images_per_batch, seq_len=config.data.seq_len,
@@ -151,7 +159,7 @@ def main(argv):
   peak, peak_source = metrics.device_peak_flops()
   images = config.data.images_per_batch
   result = {
-      "config": "cpu-small" if _PRESET.value else config.name, "devices": mesh.size,
+      "config": name, "devices": mesh.size,
       "device_kind": jax.devices()[0].device_kind, "dtype": config.model.dtype,
       "image_size": config.model.vit.image_size, "seq_len": config.data.seq_len,
       "rows_per_step": config.data.rows_per_batch, "images_per_step": images,
@@ -163,10 +171,9 @@ def main(argv):
       "time_share": {k: v / sum(parts.values()) for k, v in parts.items()},
       "component_seconds": parts,
   }
-  if _PIPELINE.value and not _PRESET.value:
-    result["with_pipeline"] = pipeline_seconds(config, state, step, mesh, shards, _STEPS.value)
-  json.dump(result, sys.stdout, indent=2)
-  print()
+  if with_pipeline:
+    result["with_pipeline"] = pipeline_seconds(config, state, step, mesh, shards, steps)
+  return result
 
 
 def pipeline_seconds(config, state, step, mesh, shards, steps):
