@@ -118,7 +118,10 @@ def plan_once(config, mesh, device_name, peak, memory_gib, mfu):
           "total": total / gib, "device_memory": memory_gib, "fits": total / gib <= memory_gib},
       "model_flops_per_step": flops,
       "model_flops_per_image_slot": flops / config.data.images_per_batch,
-      "xla_flops_per_step": float(cost.get("flops", float("nan"))) * mesh.size if cost else None,
+      # XLA's cost analysis counts a scanned loop body once, so it only matches unscanned models.
+      "xla_flops_per_step": (float(cost.get("flops", float("nan"))) * mesh.size
+                             if cost and not (config.model.vit.scan_layers or config.model.decoder.scan_layers)
+                             else None),
       "collective_bytes_per_device_per_step": collective_bytes(compiled.as_text()),
       "assumed_mfu": mfu, "peak_flops_per_device": peak,
       "predicted_step_seconds": step_seconds,
