@@ -2,6 +2,7 @@
 step -> loop with log / checkpoint / preemption cadences inline."""
 import functools
 import os
+import queue
 import signal
 import threading
 import time
@@ -55,7 +56,6 @@ def global_batch(host_batch, mesh):
 def prefetch_to_device(data, mesh, size=2):
   """Background thread: next host batch -> global arrays, `size` ahead. Yields (batch, data state, data metrics)
   where the data state is the pipeline's state right after that batch (what a checkpoint of it must store)."""
-  import queue
   q = queue.Queue(maxsize=size)
   stop = threading.Event()
 
