@@ -5,6 +5,7 @@ analytically (matmuls and attention, forward x 3 for forward + backward, every r
 causal attention counted as full as in PaLM's accounting). Peaks are dense bf16 per chip from vendor sheets; on
 CPU the peak is measured once with a large float32 matmul on the same machine.
 """
+import functools
 import re
 import time
 from typing import Optional
@@ -55,6 +56,7 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> f
   return 2 * n ** 3 / best
 
 
+@functools.lru_cache(maxsize=1)
 def device_peak_flops() -> tuple[float, str]:
   """(peak FLOP/s of one local device, where the number came from)."""
   device = jax.local_devices()[0]
