@@ -46,8 +46,9 @@ def evals_config(every_steps: int) -> ml_collections.ConfigDict:
 
 def get_config(arg=None):
   arg = (arg or "").strip()
-  if arg not in ("", "quick"):
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'quick'.")
+  if arg not in ("", "quick", "runlocal"):
+    raise ValueError(f"Unknown config argument {arg!r}; use 'quick' (CI smoke) or 'runlocal' (the same as no "
+                     "argument: this study is already demo-sized).")
   quick = arg == "quick"
   config = vitb16_mmc4.get_config("runlocal")
   config.name = "ablation_digits"

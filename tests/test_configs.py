@@ -14,7 +14,8 @@ def test_config_loads(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   assert config.model.decoder.vocab_size > max(config.model.special_tokens.values())
   assert config.model.vit.image_size % config.model.vit.patch_size == 0
-  assert config.runlocal == (arg == "runlocal")
+  if arg == "runlocal":
+    assert config.runlocal and config.data.data_dir == "demo"
 
 
 @pytest.mark.parametrize("name", CONFIGS)
