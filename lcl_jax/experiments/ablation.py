@@ -1,6 +1,7 @@
 """The paper's loss ablation (table 6a) at demo scale: LCL vs contrastive-only vs generation-only, several seeds.
 
   python -m lcl_jax.experiments.ablation --workdir=/tmp/ablation [--seeds=3] [--steps=N] [--sweep] [--quick]
+  python -m lcl_jax.experiments.ablation --workdir=/tmp/ablation --replot   # tables + picture from results.json
 
 Every variant trains the model of configs/ablation_digits.py (the runlocal MMC4 model on the bundled demo digits)
 with the same budget and the same seeds through lcl_jax.train.run, one sub-workdir per run
@@ -15,8 +16,9 @@ probe, zero-shot classification, retrieval) during training, which gives the cur
 gives the table. A seed's initial parameters are the same for every variant (config.seed seeds them, not the loss),
 so they are evaluated once per seed and reported as the `init` row: the level a metric has before any training.
 
-Writes into the workdir: results.json (every run's curves and final numbers, the table, wall times), results.md (the
-table: mean +- sample standard deviation over seeds) and ablation.png (curves and a bar chart), and prints the table.
+Writes into the workdir: results.json (every run's curves and final numbers, the tables, wall times), results.md (the
+final numbers, and their gain over the same seed's untrained encoder: mean +- sample standard deviation over seeds)
+and ablation.png (curves and bar charts), and prints the tables.
 A run whose sub-workdir already holds its last checkpoint is not trained again (train.run resumes it), so an
 interrupted study continues where it stopped.
 """
@@ -58,14 +60,15 @@ class Metric:
   evaluator: str    # config.evals entry (configs/ablation_digits.py)
   scalar: str       # the evaluator's scalar
   label: str
+  short: str        # axis tick in the picture
 
 
 METRICS = (
-    Metric("linear_probe", "linear_probe_digits", "top1", "linear probe top-1"),
-    Metric("attention_probe", "attention_probe_digits", "top1", "attention probe top-1"),
-    Metric("zero_shot", "zeroshot_digits", "top1", "zero-shot top-1"),
-    Metric("tr1", "retrieval_digits", "i2t_r1", "TR@1 (image->text)"),
-    Metric("ir1", "retrieval_digits", "t2i_r1", "IR@1 (text->image)"),
+    Metric("linear_probe", "linear_probe_digits", "top1", "linear probe top-1", "linear probe"),
+    Metric("attention_probe", "attention_probe_digits", "top1", "attention probe top-1", "attn. probe"),
+    Metric("zero_shot", "zeroshot_digits", "top1", "zero-shot top-1", "zero-shot"),
+    Metric("tr1", "retrieval_digits", "i2t_r1", "TR@1 (image->text)", "TR@1"),
+    Metric("ir1", "retrieval_digits", "t2i_r1", "IR@1 (text->image)", "IR@1"),
 )
 CURVE_METRICS = ("linear_probe", "attention_probe", "zero_shot")  # the panels of the picture's top row
 INIT = "init"  # the table row of the untrained model
@@ -180,16 +183,15 @@ def run_study(workdir: str, *, seeds: int, quick: bool, steps=None, sweep: bool 
       logging.info("%s seed %d: %s (%.0f s)", variant.name, seed, run["final"], run["wall_s"])
       runs.append(run)
   import jax  # pylint: disable=import-outside-toplevel
-  return dict(
+  return summarize(dict(
       budget=budget(base, seeds, quick, sweep),
       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", cpu_cores=_cores(),
       variants=[dataclasses.asdict(v) for v in variants],
       metrics=[dataclasses.asdict(m) for m in METRICS],
       init={str(s): v for s, v in init.items()},
       runs=runs,
-      table=table(runs, init, variants),
       paper_table_6a=PAPER_TABLE_6A,
-      wall_s=round(time.perf_counter() - start, 1))
+      wall_s=round(time.perf_counter() - start, 1)))
 
 
 def budget(config, seeds, quick, sweep) -> dict:
@@ -220,30 +222,43 @@ def mean_std(values) -> dict:
   return dict(mean=float(values.mean()), std=std, n=len(values), values=[float(v) for v in values])
 
 
-def table(runs, init, variants) -> dict:
-  out = {INIT: {m.key: mean_std([init[s][m.key] for s in sorted(init)]) for m in METRICS}}
-  for v in variants:
-    mine = [r for r in runs if r["variant"] == v.name]
-    out[v.name] = {m.key: mean_std([r["final"][m.key] for r in mine]) for m in METRICS}
-  return out
+def summarize(results: dict) -> dict:
+  """Adds the tables to `results` (in place, and returns it): `table`, each variant's final numbers, and `gain`,
+  each run minus its own seed's untrained encoder. Every variant of a seed starts from the same parameters, so the
+  paired gain is free of the spread between initialisations, which is about as large as the effects here."""
+  init = {int(s): v for s, v in results["init"].items()}
+  keys = [m["key"] for m in results["metrics"]]
+  results["table"] = {INIT: {k: mean_std([init[s][k] for s in sorted(init)]) for k in keys}}
+  results["gain"] = {}
+  for v in results["variants"]:
+    mine = [r for r in results["runs"] if r["variant"] == v["name"]]
+    results["table"][v["name"]] = {k: mean_std([r["final"][k] for r in mine]) for k in keys}
+    results["gain"][v["name"]] = {k: mean_std([r["final"][k] - init[r["seed"]][k] for r in mine]) for k in keys}
+  return results
 
 
 def markdown(results: dict) -> str:
   labels = {v["name"]: v["label"] for v in results["variants"]}
   labels[INIT] = "untrained (init)"
-  head = ["variant"] + [m.label for m in METRICS]
-  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-  for name, row in results["table"].items():
-    cells = [f"{100 * row[m.key]['mean']:.1f} ± {100 * row[m.key]['std']:.1f}" for m in METRICS]
-    lines.append("| " + " | ".join([labels[name]] + cells) + " |")
+  metrics = results["metrics"]
+  head = "| variant | " + " | ".join(m["label"] for m in metrics) + " |\n|" + " --- |" * (len(metrics) + 1)
+
+  def rows(tab, sign):
+    for name, row in tab.items():
+      cells = [f"{100 * row[m['key']]['mean']:{sign}.1f} ± {100 * row[m['key']]['std']:.1f}" for m in metrics]
+      yield "| " + " | ".join([labels[name]] + cells) + " |"
+
   b = results["budget"]
-  n = next(iter(results["table"].values()))["linear_probe"]["n"]
-  lines.append("")
-  lines.append(f"Held-out demo digits (359 images, 10 classes; chance 10%), in %: mean ± sample std over {n} "
-               f"seed{'s' if n > 1 else ''}, after {b['steps']} steps (ViT {b['vit']}; decoder {b['decoder']}; "
-               f"{b['rows_per_batch']} rows / {b['images_per_batch']} image slots per step; peak LR "
-               f"{b['peak_lr']:g}). Probes train on a fixed half of the set and test on the other half.")
-  return "\n".join(lines) + "\n"
+  n = results["table"][INIT][metrics[0]["key"]]["n"]
+  seeds = f"{n} seed{'s' if n > 1 else ''}"
+  return "\n".join([
+      head, *rows(results["table"], ""), "",
+      f"Held-out demo digits (359 images, 10 classes; chance 10%), in %: mean ± sample std over {seeds}, after "
+      f"{b['steps']} steps (ViT {b['vit']}; decoder {b['decoder']}; {b['rows_per_batch']} rows / "
+      f"{b['images_per_batch']} image slots per step; peak LR {b['peak_lr']:g}). Probes train on a fixed half of the "
+      f"set and test on the other half.", "",
+      "Gain over the same seed's untrained encoder (paired), in points:", "",
+      head, *rows(results["gain"], "+"), ""])
 
 
 # ---------------------------------------------------------------------------------------------------- the picture
@@ -252,7 +267,14 @@ _COLORS = {INIT: "0.55", "lcl": "tab:blue", "contrastive_only": "tab:orange", "g
 _SWEEP_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
+def _top(values) -> float:
+  """A y-axis top a little above the highest bar or band, in steps of 0.1 (the effects here are a few points)."""
+  return min(1.0, math.ceil((max(values) + 0.05) * 10) / 10)
+
+
 def plot(results: dict, path: str) -> None:
+  """Top row: the curves of CURVE_METRICS (mean over seeds, band +- std). Bottom: the final numbers (left) and the
+  paired gain over each seed's untrained encoder (right), mean +- std over seeds."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")  # files only: no display on CI or servers
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -263,51 +285,56 @@ def plot(results: dict, path: str) -> None:
   sweep = iter(_SWEEP_COLORS)
   colors = {name: _COLORS.get(name) or next(sweep) for name in variants}
   colors[INIT] = _COLORS[INIT]
-  metric_labels = {m["key"]: m["label"] for m in results["metrics"]}
+  metrics = {m["key"]: m for m in results["metrics"]}
+  n = results["table"][INIT][CURVE_METRICS[0]]["n"]
 
-  fig = plt.figure(figsize=(13, 8.5), constrained_layout=True)
+  fig = plt.figure(figsize=(14, 9), constrained_layout=True)
   grid = fig.add_gridspec(2, len(CURVE_METRICS))
   for col, key in enumerate(CURVE_METRICS):
     ax = fig.add_subplot(grid[0, col])
+    tops = [0.2]
     for name in variants:
       runs = [r for r in results["runs"] if r["variant"] == name]
       steps = [s for s, _ in runs[0]["curves"][key]]
       values = np.array([[v for _, v in r["curves"][key]] for r in runs])  # [seeds, points]
       mean = values.mean(axis=0)
+      std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
       ax.plot(steps, mean, marker="o", ms=3, color=colors[name], label=labels[name])
-      if len(runs) > 1:
-        std = values.std(axis=0, ddof=1)
-        ax.fill_between(steps, mean - std, mean + std, color=colors[name], alpha=0.18, linewidth=0)
+      ax.fill_between(steps, mean - std, mean + std, color=colors[name], alpha=0.18, linewidth=0)
+      tops.append(float((mean + std).max()))
     ax.axhline(0.1, color="0.3", linestyle=":", linewidth=1, label="chance (10 classes)")
-    ax.set_title(metric_labels[key])
-    ax.set_xlabel("training step")
-    ax.set_ylim(0, 1)
+    ax.set_title(metrics[key]["label"])
+    ax.set_xlabel("training step (0: the shared initialisation)")
+    ax.set_ylim(0, _top(tops))
     ax.grid(alpha=0.3)
     if col == 0:
-      ax.set_ylabel("held-out digits, top-1")
-      ax.legend(fontsize=8, loc="upper left")
+      ax.set_ylabel(f"held-out digits (mean ± std, {n} seed{'s' if n > 1 else ''})")
+      ax.legend(fontsize=8, loc="lower right")
 
-  ax = fig.add_subplot(grid[1, :])
-  rows = [INIT] + variants
-  keys = [m["key"] for m in results["metrics"]]
-  width = 0.8 / len(rows)
+  keys = list(metrics)
   x = np.arange(len(keys))
-  for i, name in enumerate(rows):
-    row = results["table"][name]
-    means = [row[k]["mean"] for k in keys]
-    stds = [row[k]["std"] for k in keys]
-    ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, color=colors[name],
-           label=labels[name])
-  ax.axhline(0.1, color="0.3", linestyle=":", linewidth=1)
-  ax.set_xticks(x, [metric_labels[k] for k in keys])
-  ax.set_ylim(0, 1)
-  ax.set_ylabel("final, mean ± std over seeds")
-  ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize=8, ncol=len(rows), loc="upper right")
-  b = results["budget"]
-  n = results["table"][INIT]["linear_probe"]["n"]
-  fig.suptitle(f"Loss ablation on the demo digits (paper table 6a at toy scale): {b['steps']} steps, {n} seed"
-               f"{'s' if n > 1 else ''}")
+  for panel, (tab, rows) in enumerate(((results["table"], [INIT] + variants), (results["gain"], variants))):
+    ax = fig.add_subplot(grid[1, :-1] if panel == 0 else grid[1, -1])
+    width = 0.8 / len(rows)
+    tops = [0.1]
+    for i, name in enumerate(rows):
+      means = np.array([tab[name][k]["mean"] for k in keys])
+      stds = np.array([tab[name][k]["std"] for k in keys])
+      ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2, color=colors[name],
+             label=labels[name])
+      tops.append(float((means + stds).max()))
+    ax.set_xticks(x, [metrics[k]["short"] for k in keys], fontsize=8 if panel else 10)
+    ax.grid(axis="y", alpha=0.3)
+    if panel == 0:
+      ax.set_ylim(0, _top(tops))
+      ax.set_title(f"final numbers after {results['budget']['steps']} steps")
+      ax.set_ylabel("top-1 / recall@1")
+      ax.legend(fontsize=8, ncol=len(rows), loc="upper right")
+    else:
+      ax.axhline(0, color="0.2", linewidth=0.8)
+      ax.set_title("gain over the same seed's init")
+  fig.suptitle(f"Loss ablation on the demo digits (paper table 6a at toy scale): {results['budget']['steps']} "
+               f"steps, {n} seed{'s' if n > 1 else ''}")
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -343,11 +370,19 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")  # TensorFlow only prepares evaluation images: accelerators are JAX's
   workdir = _WORKDIR.value
-  use_compilation_cache(workdir)
-  seeds = 1 if _QUICK.value else _SEEDS.value
-  results = run_study(workdir, seeds=seeds, quick=_QUICK.value, steps=_STEPS.value, sweep=_SWEEP.value)
+  if _REPLOT.value:
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+    # Labels are code, not measurements: a file written before a label changed gets today's.
+    results["metrics"] = [dataclasses.asdict(m) for m in METRICS]
+    results = summarize(results)
+  else:
+    use_compilation_cache(workdir)
+    seeds = 1 if _QUICK.value else _SEEDS.value
+    results = run_study(workdir, seeds=seeds, quick=_QUICK.value, steps=_STEPS.value, sweep=_SWEEP.value)
   paths = write(results, workdir)
-  print(json.dumps(dict(table=results["table"], wall_s=results["wall_s"], files=paths), indent=2))
+  print(json.dumps(dict(table=results["table"], gain=results["gain"], wall_s=results["wall_s"], files=paths),
+                   indent=2))
   print(markdown(results))
   print(f"Study wall time {results['wall_s']:.0f} s ({math.ceil(results['wall_s'] / 60)} min).")
 
@@ -359,5 +394,7 @@ if __name__ == "__main__":
   _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: configs/ablation_digits.py's).")
   _QUICK = flags.DEFINE_boolean("quick", False, "The CI smoke version: a few steps, one seed.")
   _SWEEP = flags.DEFINE_boolean("sweep", False, "Also train LCL at lambda 0.05, 0.2 and 0.5 (table 6b).")
+  _REPLOT = flags.DEFINE_boolean("replot", False, "Only rewrite the tables and the picture from the workdir's "
+                                 "results.json (after a change to them), training nothing.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
