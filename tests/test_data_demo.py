@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import time
 import zipfile
 
 import numpy as np
@@ -205,9 +204,9 @@ def test_sentences_relate_to_their_images(documents, matched, digits):
 
 def test_ensure_demo_reuses_the_cache(corpus):
   stamp = os.path.getmtime(os.path.join(corpus.root, "manifest.json"))
-  start = time.time()
   again = demo.ensure_demo(os.path.dirname(corpus.root))
-  assert time.time() - start < 1 and again == corpus
+  assert again == corpus
+  # Reused, not rebuilt: the manifest (written last by a build) is untouched.
   assert os.path.getmtime(os.path.join(corpus.root, "manifest.json")) == stamp
 
 
