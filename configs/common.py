@@ -161,6 +161,7 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
   config.ckpt.every_steps = 100 if runlocal else 1000  # asynchronous saves
   config.ckpt.keep = 3                 # most recent checkpoints kept
   config.ckpt.keep_every = 0 if runlocal else 10000    # also keep every this-many steps forever (0: none)
+  config.ckpt.force_unlock = False     # take over the workdir's lock even if it looks held (a stale one on gs://)
   config.log_every = 10 if runlocal else 50            # metrics cadence (steps)
   config.profile = False               # capture a profiler trace early in the run
   config.evals = evals_config(runlocal)  # evaluators run every N steps (lcl_jax/evaluators)

@@ -13,6 +13,8 @@ Report (deterministic for the same input, except `build_seconds`):
   images:    read = kept + sum(skipped); every image reference of a parsed document, skipped by reason
              (missing_image, unsafe_path, truncated_image, ..., in_dropped_document)
   members:   skipped tar members and mapping lines that are neither documents nor images (odd_member_name, ...)
+  shards:    raw files read (one per shard), and `ignored`: {file left out: file read instead} for every shard the
+             folder holds in two encodings (`x.jsonl` beside `x.jsonl.zip`; readers/listing.py), never read twice
   splits:    documents and images kept per split; bytes: kept image and text bytes and the size of the TFDS files.
 One input corpus per data_dir: a second, different corpus of the same source needs its own data_dir.
 """
@@ -28,7 +30,9 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE
 from data_pipelines.builders import BUILDERS, HOLDOUT, TRAIN, VERSION, dataset_name
-from data_pipelines.readers import SOURCES, shard_files
+from data_pipelines.readers import SOURCES, shard_files, shard_listing
+from data_pipelines.readers.jsonl import basename
+from data_pipelines.readers.listing import SHARD_FILE
 
 REPORT_NAME = "build_report.json"
 
@@ -102,6 +106,7 @@ def _report(builder, source, input_dir, data_dir, images_dir, mapping, seconds) 
   kept_images = sum(s["images"] for s in kept.values())
   skipped_documents = by_unit.get(DOCUMENT, {})
   skipped_images = by_unit.get(IMAGE, {})
+  read_files, ignored = shard_listing(source, input_dir)
   return {
       "dataset": builder.name,
       "version": VERSION,
@@ -114,8 +119,11 @@ def _report(builder, source, input_dir, data_dir, images_dir, mapping, seconds) 
                     "skipped": skipped_documents},
       "images": {"read": kept_images + sum(skipped_images.values()), "kept": kept_images,
                  "skipped": skipped_images},
-      "members": {"skipped": {reason: n for unit, reasons in by_unit.items() if unit not in (DOCUMENT, IMAGE)
-                              for reason, n in reasons.items()}},
+      # Shard files left out are named under "shards" (a user wants to know which), not counted again here.
+      "members": {"skipped": {reason: n for unit, reasons in by_unit.items()
+                              if unit not in (DOCUMENT, IMAGE, SHARD_FILE) for reason, n in reasons.items()}},
+      "shards": {"read": len(read_files),
+                 "ignored": {basename(other): basename(kept) for other, kept in sorted(ignored.items())}},
       "splits": {split: {"documents": s["documents"], "images": s["images"]} for split, s in kept.items()},
       "bytes": {"images_kept": sum(s["image_bytes"] for s in kept.values()),
                 "texts_kept": sum(s["text_bytes"] for s in kept.values()),

@@ -12,6 +12,7 @@ import json
 from absl import logging
 import tensorflow as tf
 
+from data_pipelines.errors import DataSetupError
 from data_pipelines import build as build_lib
 from data_pipelines.builders import dataset_name
 from data_pipelines.readers import SOURCES
@@ -23,7 +24,7 @@ def source_of(tfds_name: str) -> str:
   """"lcl_mmc4" -> "mmc4"; config.data.sources holds TFDS names."""
   names = {dataset_name(s): s for s in SOURCES}
   if tfds_name not in names:
-    raise ValueError(f"config.data.sources has {tfds_name!r}; expected TFDS names among {sorted(names)}.")
+    raise DataSetupError(f"config.data.sources has {tfds_name!r}; expected TFDS names among {sorted(names)}.")
   return names[tfds_name]
 
 
@@ -40,12 +41,12 @@ class Documents:
     builder = build_lib.get_builder(self.source, data_dir)
     info_path = f"{builder.data_path}/dataset_info.json"
     if not tf.io.gfile.exists(info_path):
-      raise FileNotFoundError(
+      raise DataSetupError(
           f"No built {tfds_name} in config.data.data_dir={data_dir!r} ({info_path} is missing). Build it with:\n  "
           f"{_build_command(self.source, data_dir)}")
     info = builder.info
     if split not in info.splits:
-      raise ValueError(f"{tfds_name} in {data_dir} has splits {sorted(info.splits)}, not {split!r}.")
+      raise DataSetupError(f"{tfds_name} in {data_dir} has splits {sorted(info.splits)}, not {split!r}.")
     self.file_format = info.file_format.value
     self.build_skips = _build_skips(self.source, data_dir)
     if self.file_format == "array_record":
@@ -55,7 +56,7 @@ class Documents:
     else:
       size = int(info.splits[split].num_bytes)
       if size > IN_MEMORY_LIMIT:
-        raise ValueError(
+        raise DataSetupError(
             f"{tfds_name} in config.data.data_dir={data_dir!r} is a {self.file_format} build of {size / 2**30:.1f} "
             f"GiB: training reads documents by index, which needs ArrayRecord above "
             f"{IN_MEMORY_LIMIT / 2**30:.0f} GiB. Rebuild it with:\n  {_build_command(self.source, data_dir)} "

@@ -33,6 +33,7 @@ import threading
 from absl import logging
 import numpy as np
 
+from data_pipelines.errors import DataSetupError
 from data_pipelines import augment
 from data_pipelines import batch_stats
 from data_pipelines import chunking
@@ -69,7 +70,7 @@ def resolve_paths(data_config) -> tuple[str, str]:
     tokenizer = paths.tokenizer_path if tokenizer == "demo" else tokenizer
   for key, value in (("data_dir", data_dir), ("tokenizer", tokenizer)):
     if not value:
-      raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH, or 'demo'.")
+      raise DataSetupError(f"config.data.{key} is empty: pass --config.data.{key}=PATH, or 'demo'.")
   return data_dir, tokenizer
 
 
@@ -92,7 +93,7 @@ class Pipeline:
     self.rows_per_chunk, self.images_per_chunk = d.rows_per_batch // num_chunks, d.images_per_batch // num_chunks
     for key, per_chunk in (("rows_per_batch", self.rows_per_chunk), ("images_per_batch", self.images_per_chunk)):
       if per_chunk < 1:
-        raise ValueError(f"config.data.{key}={d[key]} gives less than one per chunk over {num_chunks} chunks.")
+        raise DataSetupError(f"config.data.{key}={d[key]} gives less than one per chunk over {num_chunks} chunks.")
     self.host, self.hosts = process_index, process_count
     self.seed, self.train = int(config.seed), train
     self.seq_len, self.image_size = int(d.seq_len), int(vit.image_size)
@@ -104,12 +105,12 @@ class Pipeline:
     data_dir, tokenizer_path = resolve_paths(d)
     self.tokenizer = Tokenizer(tokenizer_path)
     if self.tokenizer.vocab_size != config.model.decoder.vocab_size:
-      raise ValueError(f"config.model.decoder.vocab_size={config.model.decoder.vocab_size} but the tokenizer "
+      raise DataSetupError(f"config.model.decoder.vocab_size={config.model.decoder.vocab_size} but the tokenizer "
                        f"{tokenizer_path} (config.data.tokenizer) has {self.tokenizer.vocab_size} ids; set "
                        f"--config.model.decoder.vocab_size={self.tokenizer.vocab_size}.")
     self.names = sorted(name for name, weight in d.sources.items() if weight > 0)
     if not self.names:
-      raise ValueError(f"config.data.sources={dict(d.sources)} has no positive weight.")
+      raise DataSetupError(f"config.data.sources={dict(d.sources)} has no positive weight.")
     self.weights = [float(d.sources[name]) for name in self.names]
     self.documents = {name: documents_lib.Documents(name, data_dir, split) for name in self.names}
     self.build_skips = {f"skipped/build/{name}/{reason}": float(n) for name in self.names

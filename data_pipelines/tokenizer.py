@@ -12,6 +12,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from configs.common import SPECIAL_TOKENS
+from data_pipelines.errors import DataSetupError
 
 SPECIAL_PIECES = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "boi": "<boi>", "eoi": "<eoi>", "img": "<img>"}
 UNK_PIECE = "<unk>"
@@ -35,12 +36,12 @@ class Tokenizer:
     for name, want in SPECIAL_TOKENS.items():
       got = self._sp.piece_to_id(SPECIAL_PIECES[name])
       if self._sp.id_to_piece(want) != SPECIAL_PIECES[name] or got != want or not self._sp.is_control(want):
-        raise ValueError(
+        raise DataSetupError(
             f"Tokenizer {path}: special token {name} must be control piece {SPECIAL_PIECES[name]!r} at id {want} "
             f"(configs.common.SPECIAL_TOKENS), but id {want} is {self._sp.id_to_piece(want)!r} and the piece has "
             f"id {got}. Train it with data_pipelines.train_tokenizer.")
     if self._sp.unk_id() in SPECIAL_TOKENS.values():
-      raise ValueError(f"Tokenizer {path}: <unk> id {self._sp.unk_id()} collides with a special token id.")
+      raise DataSetupError(f"Tokenizer {path}: <unk> id {self._sp.unk_id()} collides with a special token id.")
     self.pad_id = SPECIAL_TOKENS["pad"]
     self.bos_id = SPECIAL_TOKENS["bos"]
     self.eos_id = SPECIAL_TOKENS["eos"]

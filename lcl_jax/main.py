@@ -14,6 +14,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
                                    "auto-detection; TPU VMs and SLURM are detected from the environment).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat after which the other "
+                                  "processes give a lost host up and exit (jax.distributed; multi-host only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,19 +36,59 @@ def initialize_distributed():
     # ignore this. It must be set before any backend starts, so nothing here may ask jax for devices first.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # No local_device_ids: on SLURM with one task per node every GPU of the node stays visible.
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   elif _multi_host_environment():
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def quiet_checkpoint_logs():
-  """Orbax logs every save in a dozen INFO lines; keep its warnings and errors, drop the rest."""
+  """Orbax logs every save in a dozen INFO lines and every failure with a traceback per thread, and after a failed
+  restore or save each of its other pending reads or writes fails too, reported as a traceback of its own (hundreds;
+  "Event loop is closed", "exception was never retrieved"). Our own error line gives the cause and what to do, so
+  unless --verbosity >= 1: orbax's warnings and errors stay as one line each, the echoes are dropped."""
   import logging as std_logging
+  import sys
+  import traceback
+
+  def from_orbax(exc_info) -> bool:
+    return "/orbax/" in "".join(traceback.format_exception(*exc_info)) or "Event loop is closed" in str(exc_info[1])
 
   class _Filter(std_logging.Filter):
     def filter(self, record):
-      return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+      if logging.get_verbosity() >= 1:
+        return True
+      if record.name == "asyncio" and record.exc_info and from_orbax(record.exc_info):
+        return False
+      if "/orbax/" not in record.pathname:
+        return True
+      record.exc_info, record.exc_text = None, None
+      return record.levelno >= std_logging.WARNING
   logging.get_absl_handler().addFilter(_Filter())
+
+  default_hook = sys.unraisablehook
+
+  def _hook(unraisable):
+    exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    if logging.get_verbosity() >= 1 or not from_orbax(exc_info):
+      default_hook(unraisable)
+  sys.unraisablehook = _hook
+
+
+def exit_with(error: BaseException, code: int):
+  """The one line that says what happened and what to do, then exit (traceback only with --verbosity >= 1).
+
+  os._exit: after a failed save, orbax's pending asyncio tasks print a traceback each at interpreter shutdown;
+  nothing is left to write at this point (checkpoints are closed, logs flushed).
+  """
+  import sys
+  import traceback
+  if logging.get_verbosity() >= 1:
+    traceback.print_exception(error)
+  logging.flush()
+  print(f"lcl_jax: {error}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def main(argv):
@@ -61,11 +103,16 @@ def main(argv):
 
   initialize_distributed()
   import jax
-  from lcl_jax import train
+  from data_pipelines.errors import DataSetupError
+  from lcl_jax import checkpoint, config_checks, train, workdir_lock
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # one process speaks for the run
-  logging.info("Config:\n%s", _CONFIG.value)
-  train.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except (config_checks.ConfigError, DataSetupError) as e:
+    exit_with(e, 2)
+  except (checkpoint.CheckpointError, workdir_lock.WorkdirLocked, train.TooManyNonFiniteSteps) as e:
+    exit_with(e, 1)
 
 
 def unknown_override(argv) -> str | None:
@@ -101,4 +148,5 @@ if __name__ == "__main__":
     message = unknown_override(sys.argv)
     if message is None:
       raise
-    sys.exit(message)
+    print(f"lcl_jax: {message}", file=sys.stderr)
+    sys.exit(2)

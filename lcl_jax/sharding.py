@@ -5,27 +5,29 @@ from typing import Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lcl_jax import axes
+from lcl_jax.config_checks import ConfigError
 
 
 def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict:
   """Fills the one -1 in {data, fsdp, tensor} with the remaining devices; checks the product."""
   unknown = set(requested) - set(axes.MESH_AXES)
   if unknown:
-    raise ValueError(f"config.sharding.mesh has unknown axes {sorted(unknown)}; use {axes.MESH_AXES}.")
+    raise ConfigError(f"config.sharding.mesh has unknown axes {sorted(unknown)}; use {axes.MESH_AXES}.")
   shape = {a: int(requested.get(a, 1)) for a in axes.MESH_AXES}
   free = [a for a, s in shape.items() if s == -1]
   if len(free) > 1:
-    raise ValueError(f"config.sharding.mesh may have at most one -1, got {shape}.")
+    raise ConfigError(f"config.sharding.mesh may have at most one -1, got {shape}.")
   known = math.prod(s for s in shape.values() if s != -1)
   if free:
     if num_devices % known:
-      raise ValueError(f"config.sharding.mesh {shape}: {num_devices} devices do not divide by {known}.")
+      raise ConfigError(f"config.sharding.mesh {shape}: {num_devices} devices do not divide by {known}.")
     shape[free[0]] = num_devices // known
   if math.prod(shape.values()) != num_devices:
-    raise ValueError(f"config.sharding.mesh {shape} needs {math.prod(shape.values())} devices, "
+    raise ConfigError(f"config.sharding.mesh {shape} needs {math.prod(shape.values())} devices, "
                      f"there are {num_devices}; set one axis to -1 or fix the sizes.")
   return shape
 
@@ -59,3 +61,10 @@ def logical_shardings(abstract_tree, mesh: Mesh, logical_rules):
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch or image) dimension split over the data axes, the rest replicated."""
   return NamedSharding(mesh, P(axes.DATA_AXES))
+
+
+def all_hosts_ok(ok: bool) -> bool:
+  """True if every process says ok: one collective of the same shape on every host (none on one host)."""
+  if jax.process_count() == 1:
+    return bool(ok)
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))

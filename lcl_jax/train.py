@@ -17,7 +17,7 @@ from etils import epath
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, metrics as metrics_lib, sharding, state as state_lib, train_step as ts
+from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, metrics as metrics_lib, sharding, state as state_lib, train_step as ts, workdir_lock
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -87,19 +87,50 @@ def prefetch_to_device(data, mesh, size=2):
       yield item
   finally:
     stop.set()
+    while thread.is_alive():  # it may be blocked handing over an item or waiting for the next batch
+      try:
+        q.get(timeout=0.1)
+      except queue.Empty:
+        pass
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.TrainState:
   """Trains until config.optim.total_steps (or preemption). `data` overrides the configured pipeline (tests)."""
-  # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.sharding.mesh)
+  config_checks.check(config, num_data_shards=sharding.num_data_shards(mesh))
+  logging.info("Config:\n%s", config)  # after the checks: a bad value is the last thing printed, not buried
+  lock = _lock_workdir(workdir, force=config.ckpt.force_unlock)
+  try:
+    return _train(config, workdir, mesh, data)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _lock_workdir(workdir: str, *, force: bool):
+  """Process 0 holds the workdir's lock for the whole run; if it cannot, every host stops."""
+  lock, refused = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.acquire(workdir, force=force)
+    except workdir_lock.WorkdirLocked as e:
+      refused = e
+  if not sharding.all_hosts_ok(refused is None):
+    if lock is not None:
+      lock.release()
+    raise refused or workdir_lock.WorkdirLocked(workdir, f"{workdir}/{workdir_lock.LOCK_NAME}", None,
+                                                " (process 0 could not take the lock; its log names the holder)")
+  return lock  # None on the other processes
+
+
+def _train(config, workdir, mesh, data):
+  # ---------------------------------------------------------------- mesh
   rules = sharding.rules(config)
   data_shards = sharding.num_data_shards(mesh)
   accum = config.optim.grad_accum_steps
   num_chunks = data_shards * accum
   logging.info("Mesh %s over %d devices (%d processes); %d data shards x %d micro-batches.",
                dict(mesh.shape), mesh.size, jax.process_count(), data_shards, accum)
-  config_checks.check(config, num_data_shards=data_shards)
 
   # ---------------------------------------------------------------- data
   if data is None:
@@ -118,13 +149,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
   # ---------------------------------------------------------------- restore or init
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.ckpt.every_steps,
                                  keep=config.ckpt.keep, keep_every=config.ckpt.keep_every or None)
-  latest = ckpt.latest_step()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    if latest is not None:
-      state, data_states = ckpt.restore(latest, abstract_state)
+    resumed = ckpt.restore_latest(abstract_state)
+    if resumed is not None:
+      latest, state, data_states = resumed
       data.set_state(data_states)
       logging.info("Resumed from step %d.", latest)
     else:
+      latest = None
       state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=state_sharding)()
 
     # -------------------------------------------------------------- compiled step
@@ -160,11 +192,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
     step = int(state.step)  # == batches consumed: skipped (non-finite) steps count too
     data_state = data.get_state()
     last_time, last_step = time.perf_counter(), step
+    batches = prefetch_to_device(data, mesh) if step < total_steps else iter(())
     try:
-      batches = prefetch_to_device(data, mesh) if step < total_steps else iter(())
       for batch, data_state, data_metrics in batches:
         state, step_metrics = compiled(state, batch)
         step += 1
+        ckpt.check()  # a failed async save stops the run now, not at the next save
         done = deferred.push(step, dict(step_metrics, **{f"data/{k}": v for k, v in data_metrics.items()}))
         if done is not None:
           _check_nonfinite(done[1], config)
@@ -196,7 +229,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
         ckpt.save(step, state, data_state, wait=True)
     finally:
       preemption.restore()
-      ckpt.wait()
+      if hasattr(batches, "close"):
+        batches.close()  # its thread must stop before the data closes, or it asks the closed pipeline for more
       ckpt.close()
       writer.flush()
       if hasattr(data, "close"):

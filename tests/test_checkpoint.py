@@ -7,6 +7,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lcl_jax import checkpoint
 
@@ -65,3 +66,76 @@ def test_interrupted_write_leaves_previous_checkpoint_usable(tmp_path):
   assert int(state["step"]) == 1 and hosts == [{"position": 1}]
   assert np.all(np.asarray(state["w"]) == 1)
   ckpt.close()
+
+
+def _random_state(value):
+  """Incompressible values, so the array data is a file of its own that the corruptions below can reach."""
+  w = np.random.default_rng(0).random(100_000, np.float32) + value
+  return {"w": jnp.asarray(w), "step": jnp.asarray(value, jnp.int32)}
+
+
+def _largest_array_file(step_dir):
+  files = [p for p in step_dir.rglob("*") if p.is_file() and "ocdbt.process_" in str(p)]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _truncate(step_dir):
+  path = _largest_array_file(step_dir)
+  with open(path, "r+b") as f:
+    f.truncate(path.stat().st_size // 2)
+
+
+def _delete_metadata(step_dir):
+  (step_dir / "state" / "_METADATA").unlink()
+
+
+def _random_bytes(step_dir):
+  path = _largest_array_file(step_dir)
+  size = path.stat().st_size
+  with open(path, "r+b") as f:
+    f.seek(size // 3)
+    f.write(np.random.default_rng(1).bytes(size // 3))
+
+
+# A failed restore leaves orbax's other pending reads to fail as unraisable exceptions (main.py drops them).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("corrupt", [_truncate, _delete_metadata, _random_bytes], ids=lambda f: f.__name__[1:])
+def test_restore_latest_skips_a_corrupt_step(tmp_path, corrupt, caplog):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3)
+  for step in (1, 2, 3):
+    ckpt.save(step, _random_state(step), {"position": step}, wait=True)
+  ckpt.close()
+  corrupt(tmp_path / "3")
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3)
+  with caplog.at_level("ERROR"):
+    step, state, hosts = ckpt.restore_latest(jax.eval_shape(lambda: _random_state(0)))
+  assert step == 2 and hosts == [{"position": 2}] and int(state["step"]) == 2
+  np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_random_state(2)["w"]))
+  moved = [p.name for p in tmp_path.iterdir() if p.name.startswith("3.corrupt-")]
+  assert len(moved) == 1 and not (tmp_path / "3").exists() and sorted(ckpt.all_steps()) == [1, 2]
+  lines = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert f"step 3 at {tmp_path / '3'}" in lines[0] and moved[0] in lines[0]
+  ckpt.save(3, _random_state(30), {"position": 30}, wait=True)  # the run goes on and writes step 3 anew
+  assert ckpt.restore_latest(jax.eval_shape(lambda: _random_state(0)))[0] == 3
+  ckpt.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_restore_latest_with_no_good_step_says_what_to_do(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3)
+  assert ckpt.restore_latest(_abstract()) is None  # nothing saved yet: a fresh start, not an error
+  for step in (1, 2):
+    ckpt.save(step, _random_state(step), {"position": step}, wait=True)
+  ckpt.close()
+  _delete_metadata(tmp_path / "1")
+  _truncate(tmp_path / "2")
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3)
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    ckpt.restore_latest(jax.eval_shape(lambda: _random_state(0)))
+  message = str(e.value)
+  assert "\n" not in message and "step 2 (ValueError: OUT_OF_RANGE" in message and "step 1 (FileNotFoundError" in message
+  assert "rerun the same command" in message
+  assert ckpt.all_steps() == [] and len(list(tmp_path.glob("*.corrupt-*"))) == 2
+  ckpt.close()
+

@@ -11,7 +11,7 @@ from data_pipelines import builders
 from data_pipelines.bad_input import BadInputCounter
 from data_pipelines.build import build, load_documents, report_path
 from data_pipelines.readers import read_documents
-from test_data_readers import MMC4_SKIPS, make_laion, make_mmc4, make_obelics
+from test_data_readers import MMC4_SKIPS, jsonl_copy, make_laion, make_mmc4, make_obelics, zip_copy
 
 
 def as_python(example) -> dict:
@@ -54,6 +54,7 @@ def test_mmc4_round_trip_report_and_determinism(tmp_path):
   assert report["documents"] == {"read": 8, "kept": 3, "skipped": MMC4_SKIPS["document"]}
   assert report["images"] == {"read": 11, "kept": 4, "skipped": MMC4_SKIPS["image"]}
   assert report["members"] == {"skipped": {}}
+  assert report["shards"] == {"read": 2, "ignored": {}}
   assert report["splits"] == {"train": {"documents": 3, "images": 4}}
   assert report["bytes"]["images_kept"] == sum(len(b) for d in read for b in d["images"])
   assert report["bytes"]["texts_kept"] == sum(len(t.encode()) for d in read for t in d["texts"])
@@ -119,6 +120,43 @@ def test_obelics_cli_with_file_shards(tmp_path):
   assert all(parts) and sorted(d["doc_id"] for p in parts for d in p) == sorted(d["doc_id"] for d in everything)
   same_documents(everything, list(read_documents("obelics", str(raw), BadInputCounter(), images_dir=str(images),
                                                  mapping="sha1")))
+
+
+def counted_sections(report: dict) -> dict:
+  """What read = kept + skipped is about: equal for the same documents whatever the encodings of their shards."""
+  return {k: report[k] for k in ("documents", "images", "members", "splits")}
+
+
+def test_mmc4_shard_in_two_encodings_built_once(tmp_path):
+  raw = make_mmc4(tmp_path)  # docs_shard_0_v2.jsonl and a different shard, docs_shard_1_v2.jsonl.zip
+  zip_copy(raw / "docs_shard_0_v2.jsonl")
+  both = build("mmc4", str(raw), str(tmp_path / "both"), holdout_fraction=0.5)
+  ids = sorted(d["doc_id"] for split in ("train", "validation") for d in loaded("mmc4", tmp_path / "both", split))
+  assert ids == ["docs_shard_0_v2.jsonl.zip:0", "docs_shard_0_v2.jsonl.zip:7", "docs_shard_1_v2.jsonl.zip:0"]
+  assert both["shards"] == {"read": 2, "ignored": {"docs_shard_0_v2.jsonl": "docs_shard_0_v2.jsonl.zip"}}
+  assert both["documents"] == {"read": 8, "kept": 3, "skipped": MMC4_SKIPS["document"]}
+  assert both["images"] == {"read": 11, "kept": 4, "skipped": MMC4_SKIPS["image"]}
+  assert both["members"] == {"skipped": {}}  # the file left out is named under shards, not counted as a member
+
+  (raw / "docs_shard_0_v2.jsonl").unlink()  # the same folder with one encoding per shard
+  one = build("mmc4", str(raw), str(tmp_path / "one"), holdout_fraction=0.5)
+  assert counted_sections(one) == counted_sections(both)
+  assert one["shards"] == {"read": 2, "ignored": {}}
+
+
+def test_obelics_shard_in_two_encodings_built_once(tmp_path):
+  raw, images, _, _ = make_obelics(tmp_path, "names")  # part-0.parquet and a different shard, part-1.jsonl
+  one = build("obelics", str(raw), str(tmp_path / "one"), images_dir=str(images))
+  jsonl_copy(raw / "part-0.parquet")
+  both = build("obelics", str(raw), str(tmp_path / "both"), images_dir=str(images))
+  ids = [d["doc_id"] for d in loaded("obelics", tmp_path / "both")]
+  assert sorted(ids) == sorted(d["doc_id"] for d in loaded("obelics", tmp_path / "one"))
+  assert sorted(ids) == ["part-0.parquet:0", "part-0.parquet:1", "part-0.parquet:4", "part-0.parquet:5",
+                         "part-0.parquet:6"]
+  assert counted_sections(both) == counted_sections(one)
+  assert both["documents"]["read"] == 10 and both["documents"]["kept"] == 5  # 8 parquet rows + 2 lines of part-1
+  assert both["shards"] == {"read": 2, "ignored": {"part-0.jsonl": "part-0.parquet"}}
+  assert one["shards"] == {"read": 2, "ignored": {}}
 
 
 def test_empty_input_refused(tmp_path):

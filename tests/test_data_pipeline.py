@@ -17,6 +17,7 @@ import pytest
 from configs import vitb16_mmc4, vitl14_laion_mmc4
 from configs.common import SPECIAL_TOKENS
 from data_pipelines import augment, build, chunking, demo, pipeline, row_stream, sampling
+from data_pipelines.errors import DataSetupError
 from pipeline_corpus import (BAD_IMAGES, CONVERTIBLE_IMAGES, dirty_mmc4_docs, laion_docs, mmc4_docs, obelics_docs,
                              pixel_hash, png_hash, write_source)
 from test_data_readers import make_laion, make_mmc4, make_obelics
@@ -323,7 +324,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, demo_paths):
 
 def test_start_up_errors_name_what_to_fix(tmp_path, generated, demo_paths):
   data_dir, _ = generated
-  with pytest.raises(FileNotFoundError, match=r"config\.data\.data_dir.*\n.*python -m data_pipelines\.build"):
+  with pytest.raises(DataSetupError, match=r"config\.data\.data_dir.*\n.*python -m data_pipelines\.build"):
     pipeline.Pipeline(make_config(str(tmp_path), demo_paths.tokenizer_path, {"lcl_mmc4": 1.0}), num_chunks=1)
   config = make_config(data_dir, demo_paths.tokenizer_path, {"lcl_mmc4": 1.0})
   config.model.decoder.vocab_size = 1000

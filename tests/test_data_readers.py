@@ -6,15 +6,17 @@ kept, and nothing outside the data root is ever opened.
 import hashlib
 import json
 import threading
+import zipfile
 
 from absl import logging
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
 from data_pipelines import bad_input
 from data_pipelines.bad_input import BadInputCounter, safe_join, safe_relpath
-from data_pipelines.readers import laion, read_documents, read_texts
+from data_pipelines.readers import laion, listing, mmc4, obelics, read_documents, read_texts, shard_files
 from data_pipelines.readers import image_store
 from data_pipelines.readers.schema import FIELDS, PLACEMENT_FIXED, PLACEMENT_RANDOM
 from raw_data import (decode, image_bytes, mmc4_doc, obelics_row, patterned_png, write_jsonl, write_parquet,
@@ -313,6 +315,86 @@ def test_obelics_jsonl(tmp_path):
                                          "part-0.jsonl:7"]
   assert counter.counts_by_unit()["document"]["malformed_document"] == 1
   assert list(read_texts("obelics", str(raw), BadInputCounter()))[:3] == ["Title", "Para one.", "The end."]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One shard in two encodings (readers/listing.py)
+# ----------------------------------------------------------------------------------------------------------------
+def zip_copy(path):
+  """The `.jsonl.zip` download beside the `.jsonl` that unzipping it in place left."""
+  target = path.with_name(path.name + ".zip")
+  with zipfile.ZipFile(target, "w") as archive:
+    archive.writestr(path.name, path.read_bytes())
+  return target
+
+
+def jsonl_copy(path):
+  """A `.jsonl` conversion of a `.parquet` shard, beside it: the same rows."""
+  return write_jsonl(path.with_suffix(".jsonl"), pq.read_table(path).to_pylist())
+
+
+def names(paths):
+  return [listing.basename(str(p)) for p in paths]
+
+
+def test_listing_reads_one_file_per_shard(tmp_path):
+  for name in ["a.parquet", "a.jsonl", "a.jsonl.zip", "b.jsonl", "b.jsonl.zip", "c.jsonl", "c.parquet.bak", "d.txt"]:
+    (tmp_path / name).write_bytes(b"")
+  read, ignored = listing.select_shards(str(tmp_path), obelics.SHARD_SUFFIXES)
+  assert names(read) == ["a.parquet", "b.jsonl.zip", "c.jsonl"]
+  assert {listing.basename(k): listing.basename(v) for k, v in ignored.items()} == {
+      "a.jsonl": "a.parquet", "a.jsonl.zip": "a.parquet", "b.jsonl": "b.jsonl.zip"}
+  assert names(listing.select_shards(str(tmp_path), mmc4.SHARD_SUFFIXES)[0]) == ["a.jsonl.zip", "b.jsonl.zip",
+                                                                                   "c.jsonl"]
+  # Split counters: each counts the files its select accepts; together each file left out is counted once.
+  train, holdout = BadInputCounter(), BadInputCounter()
+  assert listing.shards(str(tmp_path), obelics.SHARD_SUFFIXES, train, lambda n: n != "a.jsonl") == read
+  listing.shards(str(tmp_path), obelics.SHARD_SUFFIXES, holdout, lambda n: n == "a.jsonl")
+  assert train.counts_by_unit() == {"shard_file": {"duplicate_encoding": 2}}
+  assert holdout.counts_by_unit() == {"shard_file": {"duplicate_encoding": 1}}
+
+
+def test_mmc4_shard_in_two_encodings_read_once(tmp_path, monkeypatch):
+  raw = make_mmc4(tmp_path)  # shard 0 as .jsonl, shard 1 as .jsonl.zip: two different shards, both read
+  plain_docs, plain_texts = list(read_documents("mmc4", str(raw), BadInputCounter())), list(read_texts(
+      "mmc4", str(raw), BadInputCounter()))
+  zip_copy(raw / "docs_shard_0_v2.jsonl")
+  logged = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: logged.append(msg % args))
+  counter = BadInputCounter()
+  docs = list(read_documents("mmc4", str(raw), counter))
+  ids = ["docs_shard_0_v2.jsonl.zip:0", "docs_shard_0_v2.jsonl.zip:7", "docs_shard_1_v2.jsonl.zip:0"]
+  assert [d["doc_id"] for d in docs] == ids  # each document once, from the zip
+  assert [dict(d, doc_id=None) for d in docs] == [dict(d, doc_id=None) for d in plain_docs]
+  assert counter.counts_by_unit() == {**MMC4_SKIPS, "shard_file": {"duplicate_encoding": 1}}
+  duplicates = [m for m in logged if "duplicate_encoding" in m]
+  assert len(duplicates) == 1 and str(raw / "docs_shard_0_v2.jsonl") + " (docs_shard_0_v2.jsonl.zip" in duplicates[0]
+  assert names(shard_files("mmc4", str(raw))) == ["docs_shard_0_v2.jsonl.zip", "docs_shard_1_v2.jsonl.zip"]
+  # Tokenizer training reads the same listing: every sentence once.
+  texts_counter = BadInputCounter()
+  assert list(read_texts("mmc4", str(raw), texts_counter)) == plain_texts
+  assert texts_counter.counts()["duplicate_encoding"] == 1
+  # The same as a folder holding only the zip.
+  (raw / "docs_shard_0_v2.jsonl").unlink()
+  assert list(read_documents("mmc4", str(raw), BadInputCounter())) == docs
+
+
+def test_obelics_shard_in_two_encodings_read_once(tmp_path):
+  raw, images, _, _ = make_obelics(tmp_path, "names")  # part-0.parquet and a different shard, part-1.jsonl
+  parquet_only = BadInputCounter()
+  expected = list(read_documents("obelics", str(raw), parquet_only, images_dir=str(images)))
+  expected_texts = list(read_texts("obelics", str(raw), BadInputCounter()))
+  jsonl_copy(raw / "part-0.parquet")
+  counter = BadInputCounter()
+  docs = list(read_documents("obelics", str(raw), counter, images_dir=str(images)))
+  assert [d["doc_id"] for d in docs] == ["part-0.parquet:0", "part-0.parquet:1", "part-0.parquet:4",
+                                         "part-0.parquet:5", "part-0.parquet:6"]
+  assert docs == expected
+  # part-1.jsonl (another shard) is still read: its length mismatch and broken line are counted.
+  assert counter.counts_by_unit() == {**parquet_only.counts_by_unit(), "shard_file": {"duplicate_encoding": 1}}
+  assert counter.counts_by_unit()["document"]["malformed_document"] == 1
+  assert list(read_texts("obelics", str(raw), BadInputCounter())) == expected_texts
+  assert names(shard_files("obelics", str(raw))) == ["part-0.parquet", "part-1.jsonl"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,13 +1,33 @@
-"""Two processes on this machine (4 CPU devices each, loopback coordinator, gloo collectives) train the same as one
-process with 8 devices over the same global batches."""
+"""`python -m lcl_jax.main` as a pod runs it, on this machine: 2 processes (2 CPU devices each, loopback coordinator,
+gloo), the real pipeline on the demo corpus, periodic async saves. One run goes straight through; another is stopped
+by SIGTERM to one process, restarted, loses a process to kill -9 mid-run, restarted again and finished. Both end
+with the same parameters, and those equal a one-process run over the same global batches. The straight run's last
+checkpoint then resumes on one process (another host count).
+
+Also: the data states of hosts with different keys reach the checkpoint (a two-process gather).
+"""
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
+import pytest
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "multihost_worker.py")
+STEPS = 12
+OVERRIDES = {"optim.total_steps": STEPS, "ckpt.every_steps": 2, "log_every": 1,
+             **{f"evals.{name}.every_steps": 0 for name in ("zeroshot_digits", "retrieval_digits",
+                                                             "linear_probe_digits", "attention_probe_digits",
+                                                             "perplexity_digits")}}
+ARGS = ["--config=configs/vitb16_mmc4.py:runlocal", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+STEP_LINE = re.compile(r"\] \[(\d+)\] steps_per_sec")
+HEARTBEAT_S = 10  # how soon the survivor gives a killed process up (jax.distributed; 100 s by default)
 
 
 def _free_port():
@@ -16,30 +36,163 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run(tmp_path, name, num_processes, devices_per_process):
-  out, workdir = tmp_path / f"{name}_out", tmp_path / f"{name}_workdir"
-  out.mkdir()
+def _env(demo_dir, devices, *, compile_cache=True):
+  drop = ("XLA_FLAGS",) if compile_cache else ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+  env = {k: v for k, v in os.environ.items() if k not in drop}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+             LCL_DEMO_DIR=str(demo_dir))
+  return env
+
+
+def _two_processes(workdir, demo_dir, on_step=None, extra=()):
+  """Runs both processes to their end. on_step(step, procs) is called for each step process 0 logs.
+  -> (return codes, [log of process 0, log of process 1])."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-  procs = [subprocess.Popen([sys.executable, WORKER, str(out), str(workdir), str(num_processes), str(i), str(port),
-                             str(devices_per_process)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(num_processes)]
-  logs = [p.communicate(timeout=900)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  return dict(np.load(out / "params.npz")), workdir
+  logs = [workdir.parent / f"{workdir.name}_{i}_{port}.log" for i in range(2)]
+  workdir.mkdir(parents=True, exist_ok=True)
+  procs = []
+  for i in range(2):
+    cmd = [sys.executable, "-m", "lcl_jax.main", f"--workdir={workdir}", *ARGS, *extra,
+           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+           f"--heartbeat_timeout_s={HEARTBEAT_S}"]
+    out = subprocess.PIPE if i == 0 else open(logs[1], "w")
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(demo_dir, 2), stdout=out,
+                                  stderr=subprocess.STDOUT, text=True))
+  lines = []
+  for line in procs[0].stdout:
+    lines.append(line)
+    m = STEP_LINE.search(line)
+    if m and on_step is not None:
+      on_step(int(m.group(1)), procs)
+  codes = [p.wait(timeout=600) for p in procs]
+  logs[0].write_text("".join(lines))
+  return codes, [p.read_text() for p in logs]
 
 
-def test_two_processes_match_one(tmp_path):
-  two, workdir = _run(tmp_path, "two", 2, 4)
-  one, _ = _run(tmp_path, "one", 1, 8)
-  assert int(two["step"]) == int(one["step"]) == 3
-  np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
-  assert set(two) == set(one)
+def _final_params(workdir, step):
+  """The params of the last checkpoint, restored as `lcl_jax.evaluate` does on this (one) process."""
+  import jax
+  from configs import vitb16_mmc4
+  from lcl_jax import evaluate, sharding
+  config = vitb16_mmc4.get_config("runlocal")
+  config.update_from_flattened_dict(OVERRIDES)
+  params, restored = evaluate.restore_params(config, str(workdir), sharding.make_mesh(config.sharding.mesh))
+  assert restored == step
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("demo")
+  os.environ["LCL_DEMO_DIR"] = str(path)  # built here once: the processes below must not race to build it
+  try:
+    from data_pipelines import demo
+    demo.ensure_demo()
+  finally:
+    del os.environ["LCL_DEMO_DIR"]
+  return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, demo_dir):
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  codes, logs = _two_processes(workdir, demo_dir)
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  # Periodic async saves at every 2 steps, the last 3 kept, each written once for the run (not once per process).
+  assert sorted(os.listdir(workdir / "checkpoints")) == sorted(str(s) for s in (STEPS - 4, STEPS - 2, STEPS))
+  return workdir
+
+
+def test_faults_on_two_processes_end_where_a_straight_run_ends(tmp_path, demo_dir, straight):
+  workdir = tmp_path / "faults"
+  events = {}
+
+  def sigterm_process_1(step, procs):
+    if step >= 3 and "sigterm" not in events:
+      events["sigterm"] = step
+      procs[1].send_signal(signal.SIGTERM)  # one host preempted: every host must stop at the same step and save
+  codes, logs = _two_processes(workdir, demo_dir, on_step=sigterm_process_1)
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert "SIGTERM received" in logs[1] and "SIGTERM received" not in logs[0]
+  stopped = int(re.search(r"Saved step (\d+) after SIGTERM", logs[0]).group(1))
+  assert 3 <= stopped < STEPS
+
+  def kill_process_1(step, procs):
+    saved = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    if max(saved) > stopped and step > max(saved) and "kill" not in events:  # a periodic save is complete
+      events["kill"] = step
+      procs[1].kill()  # SIGKILL: no save, perhaps an async save half-written
+  codes, logs = _two_processes(workdir, demo_dir, on_step=kill_process_1)
+  assert f"Resumed from step {stopped}" in logs[0]
+  assert codes[1] == -signal.SIGKILL and codes[0] != 0, codes  # the survivor gives up after the heartbeat timeout
+  killed_at = events["kill"]  # KeyError: the run ended before a periodic save completed (raise STEPS)
+
+  codes, logs = _two_processes(workdir, demo_dir)
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  resumed = int(re.search(r"Resumed from step (\d+)", logs[0]).group(1))
+  assert stopped < resumed <= killed_at and resumed % 2 == 0
+  steps = sorted(os.listdir(workdir / "checkpoints"))
+  assert str(STEPS) in steps and not any("tmp" in s for s in steps), steps
+
+  faulted, clean = _final_params(workdir, STEPS), _final_params(straight, STEPS)
+  assert set(faulted) == set(clean)
+  for key in clean:  # the same processes, the same batches, the same order: bit for bit
+    np.testing.assert_array_equal(faulted[key], clean[key], err_msg=key)
+
+
+def test_two_processes_match_one_over_the_same_global_batches(tmp_path, demo_dir, straight):
+  workdir = tmp_path / "one"
+  proc = subprocess.run([sys.executable, WORKER, str(workdir), "2", "4", json.dumps(OVERRIDES)], cwd=REPO,
+                        env=_env(demo_dir, 4), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  one, two = _final_params(workdir, STEPS), _final_params(straight, STEPS)
+  assert set(one) == set(two)
   # Adam turns round-off in gradients that are ~0 (e.g. attention key biases, which softmax ignores) into updates
   # of up to ~lr/10; everything else agrees far more tightly.
-  diffs = np.concatenate([np.abs(two[k] - one[k]).ravel() for k in one if k not in ("loss", "step")])
+  diffs = np.concatenate([np.abs(two[k] - one[k]).ravel() for k in one])
   assert diffs.max() < 1e-4 and np.median(diffs) < 1e-7, (diffs.max(), np.median(diffs))
-  # One checkpoint directory per step, written once for the run (not once per process).
-  steps = sorted(os.listdir(workdir / "checkpoints"))
-  assert "3" in steps and all(not s.endswith("tmp") for s in steps)
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, demo_dir, straight):
+  import shutil
+  workdir = tmp_path / "resumed_on_one"
+  shutil.copytree(straight, workdir)
+  cmd = [sys.executable, "-m", "lcl_jax.main", f"--workdir={workdir}", *ARGS,
+         f"--config.optim.total_steps={STEPS + 2}"]
+  proc = subprocess.run(cmd, cwd=REPO, env=_env(demo_dir, 4), capture_output=True, text=True, timeout=600)
+  log = proc.stdout + proc.stderr
+  assert proc.returncode == 0, log[-3000:]
+  assert f"Resumed from step {STEPS}" in log and "restored on 1 hosts" in log
+  assert _final_params(workdir, STEPS + 2).keys() == _final_params(straight, STEPS).keys()
+
+
+def test_data_states_with_different_keys_per_host_reach_the_checkpoint(tmp_path):
+  """Host 1 has a skip counter host 0 never saw (the crash at the first periodic save this replaced)."""
+  script = textwrap.dedent("""
+      import sys, jax
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
+      import numpy as np
+      from jax.sharding import NamedSharding, PartitionSpec
+      from lcl_jax import checkpoint
+      replicated = NamedSharding(jax.make_mesh((2,), ("data",)), PartitionSpec())
+      me = jax.process_index()
+      state = {"position": 2**40 + me, **({"skipped/lcl_mmc4/no_image_kept": 7} if me else {})}
+      ckpt = checkpoint.Checkpointer(sys.argv[3], every_steps=1, keep=2)
+      for step in (1, 2):  # an async save, then a synchronous one
+        w = jax.make_array_from_process_local_data(replicated, np.full(4, step, np.float32))
+        ckpt.save(step, {"w": w}, dict(state, step=step), wait=step == 2)
+      _, hosts = ckpt.restore_arrays(2)
+      ckpt.close()
+      print("HOSTS", hosts)
+      """)
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(port), str(i), str(tmp_path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  expected = [{"position": 2**40, "step": 2}, {"position": 2**40 + 1, "skipped/lcl_mmc4/no_image_kept": 7, "step": 2}]
+  assert f"HOSTS {expected}" in outs[0], outs[0][-2000:]

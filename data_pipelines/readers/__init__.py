@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 from data_pipelines.bad_input import BadInputCounter
 from data_pipelines.readers import laion
+from data_pipelines.readers import listing
 from data_pipelines.readers import mmc4
 from data_pipelines.readers import obelics
 
@@ -21,8 +22,13 @@ def _reader(source: str):
 
 
 def shard_files(source: str, input_dir: str) -> list[str]:
-  """The raw shard files a reader would read from input_dir, in reading order."""
+  """The raw shard files a reader would read from input_dir, in reading order: one per shard (readers/listing.py)."""
   return _reader(source).shards(input_dir)
+
+
+def shard_listing(source: str, input_dir: str) -> tuple[list[str], dict[str, str]]:
+  """(shard_files, {file left out: file of the same shard read instead}) for the build report."""
+  return listing.select_shards(input_dir, _reader(source).SHARD_SUFFIXES)
 
 
 def read_documents(source: str, input_dir: str, counter: BadInputCounter, *, images_dir: str | None = None,

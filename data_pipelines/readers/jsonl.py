@@ -15,14 +15,6 @@ INVALID_UTF8 = "invalid_utf8"
 BROKEN_JSON = "broken_json"
 
 
-def list_files(input_dir: str, suffixes: tuple[str, ...]) -> list[str]:
-  """Files directly in `input_dir` ending with one of `suffixes`, sorted by name (the reading order)."""
-  paths = set()
-  for suffix in suffixes:
-    paths.update(tf.io.gfile.glob(input_dir.rstrip("/") + "/*" + suffix))
-  return sorted(paths)
-
-
 def basename(path: str) -> str:
   return path.rstrip("/").rsplit("/", 1)[-1]
 

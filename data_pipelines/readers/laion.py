@@ -26,18 +26,21 @@ import tensorflow as tf
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE, MEMBER, safe_relpath
 from data_pipelines.images import IMAGE_TOO_LARGE, validate_image
 from data_pipelines.readers import jsonl
+from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import MAX_FILE_BYTES
 from data_pipelines.readers.parallel import ordered_map
 
 SOURCE = "laion"
+SHARD_SUFFIXES = (".tar",)  # one encoding only, but listed like the others (readers/listing.py)
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 _KINDS = {"txt": "txt", "json": "json", **{ext: "image" for ext in IMAGE_EXTENSIONS}}
 _MAX_TEXT_BYTES = 1 << 20
 
 
-def shards(input_dir: str) -> list[str]:
-  return jsonl.list_files(input_dir, (".tar",))
+def shards(input_dir: str, counter: BadInputCounter | None = None,
+           select: Callable[[str], bool] | None = None) -> list[str]:
+  return listing.shards(input_dir, SHARD_SUFFIXES, counter, select)
 
 
 def _group(tar: tarfile.TarFile, shard: str, counter: BadInputCounter, select: Callable[[str], bool] | None
@@ -116,7 +119,7 @@ def _samples(input_dir: str, counter: BadInputCounter, select: Callable[[str], b
 
   image: the member bytes; None when not asked for, or when the member is over MAX_FILE_BYTES (never read).
   """
-  for path in shards(input_dir):
+  for path in shards(input_dir, counter, select):
     name = jsonl.basename(path)
     with tf.io.gfile.GFile(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
       for key, sample in _group(tar, name, counter, select).items():

@@ -2,8 +2,9 @@
 
 Input (formats.md): shards `*.jsonl` and `*.jsonl.zip` directly in `input_dir`, read in name order, one document per
 line with `text_list` and `image_info` (`image_name`, `matched_text_index`, `matched_sim`); `similarity_matrix` and
-other keys are optional. Images come from `images_dir` (default `<input_dir>/images`): a folder of files named by
-`image_name`, or tar shards whose member names are the image names (readers/image_store.py).
+other keys are optional. A shard present in both encodings is read once, from its `.jsonl.zip`; the `.jsonl` is
+counted `duplicate_encoding` (readers/listing.py). Images come from `images_dir` (default `<input_dir>/images`): a
+folder of files named by `image_name`, or tar shards whose member names are the image names (readers/image_store.py).
 
 Every text piece is kept (the indices of `image_info` point into `text_list`); every image that exists, is safe to
 open, points at a real sentence and validates is kept, in `image_info` order. The MMC4 selection rules (similarity
@@ -18,21 +19,24 @@ from typing import Callable, Iterator
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE
 from data_pipelines.images import validate_image
 from data_pipelines.readers import jsonl
+from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import open_image_store
 from data_pipelines.readers.parallel import ordered_map
 
 SOURCE = "mmc4"
-SHARD_SUFFIXES = (".jsonl", ".jsonl.zip")
+# Most preferred first: the download itself (CRC-checked) over the copy unzipping leaves, truncated if interrupted.
+SHARD_SUFFIXES = (".jsonl.zip", ".jsonl")
 
 
-def shards(input_dir: str) -> list[str]:
-  return jsonl.list_files(input_dir, SHARD_SUFFIXES)
+def shards(input_dir: str, counter: BadInputCounter | None = None,
+           select: Callable[[str], bool] | None = None) -> list[str]:
+  return listing.shards(input_dir, SHARD_SUFFIXES, counter, select)
 
 
 def _records(input_dir: str, counter: BadInputCounter, select: Callable[[str], bool] | None) -> Iterator[dict]:
   """Parsed, schema-checked documents without images: dict(doc_id, texts, image_info, similarity_matrix)."""
-  for path in shards(input_dir):
+  for path in shards(input_dir, counter, select):
     name = jsonl.basename(path)
     for line_number, raw in enumerate(jsonl.lines(path)):
       doc_id = f"{name}:{line_number}"

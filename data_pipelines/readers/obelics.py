@@ -2,7 +2,9 @@
 
 Input (formats.md): `*.parquet`, `*.jsonl` or `*.jsonl.zip` files directly in `input_dir`, read in name order (parquet
 in row-group batches, never whole), rows with `images` and `texts` (same length; at each position exactly one is
-non-null); `metadata` and `general_metadata` are not needed and not read.
+non-null); `metadata` and `general_metadata` are not needed and not read. A shard present in several encodings is
+read once: of `X.parquet`, `X.jsonl.zip` and `X.jsonl` the first present; the others are counted `duplicate_encoding`
+(readers/listing.py).
 
 Image entries (URLs, or local file names) are resolved to files by one of these mappings (`mapping=`):
   - None: the entries are file names relative to `images_dir`.
@@ -31,18 +33,22 @@ import tensorflow as tf
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE, MEMBER
 from data_pipelines.images import validate_image
 from data_pipelines.readers import jsonl
+from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import ImageFolder
 from data_pipelines.readers.parallel import ordered_map
 
 SOURCE = "obelics"
-SHARD_SUFFIXES = (".parquet", ".jsonl", ".jsonl.zip")
+# Most preferred first: the published, self-checking encodings (parquet footer, zip CRC) over a derived plain copy,
+# which an interrupted conversion or unzip leaves truncated without any error.
+SHARD_SUFFIXES = (".parquet", ".jsonl.zip", ".jsonl")
 MIN_IMAGES, MAX_IMAGES = 1, 6
 _BATCH_ROWS = 64
 
 
-def shards(input_dir: str) -> list[str]:
-  return jsonl.list_files(input_dir, SHARD_SUFFIXES)
+def shards(input_dir: str, counter: BadInputCounter | None = None,
+           select: Callable[[str], bool] | None = None) -> list[str]:
+  return listing.shards(input_dir, SHARD_SUFFIXES, counter, select)
 
 
 class _Resolver:
@@ -134,7 +140,7 @@ def _rows(path: str, counter: BadInputCounter, select: Callable[[str], bool] | N
 
 def _records(input_dir: str, counter: BadInputCounter, select: Callable[[str], bool] | None) -> Iterator[dict]:
   """Schema-checked rows without images: dict(doc_id, texts, image_entries=[(entry, text_index)])."""
-  for path in shards(input_dir):
+  for path in shards(input_dir, counter, select):
     for doc_id, row in _rows(path, counter, select):
       if row is None:
         continue
