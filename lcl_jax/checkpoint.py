@@ -105,6 +105,9 @@ class Checkpointer:
   # -- restoring --------------------------------------------------------------------------------------------------
   def restore(self, step: int, abstract_state: Any):
     """-> (state with the shardings of `abstract_state`, [data state of each host at save time])."""
+    for required in ("state/_METADATA", "data/metadata"):  # without them orbax fails on an unrelated type check
+      if not (self.directory / str(step) / required).exists():
+        raise FileNotFoundError(f"{self.directory / str(step) / required} is missing")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]["hosts"]

@@ -6,7 +6,6 @@ import queue
 import signal
 import threading
 import time
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -98,8 +97,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.Tra
   """Trains until config.optim.total_steps (or preemption). `data` overrides the configured pipeline (tests)."""
   mesh = sharding.make_mesh(config.sharding.mesh)
   config_checks.check(config, num_data_shards=sharding.num_data_shards(mesh))
-  logging.info("Config:\n%s", config)  # after the checks: a bad value is the last thing printed, not buried
   lock = _lock_workdir(workdir, force=config.ckpt.force_unlock)
+  logging.info("Config:\n%s", config)  # after the checks: a bad value or a busy workdir is not buried under it
   try:
     return _train(config, workdir, mesh, data)
   finally:

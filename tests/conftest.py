@@ -16,3 +16,14 @@ import tempfile  # noqa: E402
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lcl_jax_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_cache_dir():
+  """The parent folder ($LCL_DEMO_DIR) of the demo corpus that the tests share, built once by this process before
+  any subprocess reads it (two trainers starting together would otherwise both build it)."""
+  from data_pipelines import demo
+  return os.path.dirname(demo.ensure_demo().root)
