@@ -106,8 +106,8 @@ class Pipeline:
     self.tokenizer = Tokenizer(tokenizer_path)
     if self.tokenizer.vocab_size != config.model.decoder.vocab_size:
       raise DataSetupError(f"config.model.decoder.vocab_size={config.model.decoder.vocab_size} but the tokenizer "
-                       f"{tokenizer_path} (config.data.tokenizer) has {self.tokenizer.vocab_size} ids; set "
-                       f"--config.model.decoder.vocab_size={self.tokenizer.vocab_size}.")
+                           f"{tokenizer_path} (config.data.tokenizer) has {self.tokenizer.vocab_size} ids; set "
+                           f"--config.model.decoder.vocab_size={self.tokenizer.vocab_size}.")
     self.names = sorted(name for name, weight in d.sources.items() if weight > 0)
     if not self.names:
       raise DataSetupError(f"config.data.sources={dict(d.sources)} has no positive weight.")

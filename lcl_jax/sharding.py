@@ -28,7 +28,7 @@ def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict:
     shape[free[0]] = num_devices // known
   if math.prod(shape.values()) != num_devices:
     raise ConfigError(f"config.sharding.mesh {shape} needs {math.prod(shape.values())} devices, "
-                     f"there are {num_devices}; set one axis to -1 or fix the sizes.")
+                      f"there are {num_devices}; set one axis to -1 or fix the sizes.")
   return shape
 
 
