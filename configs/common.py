@@ -76,6 +76,9 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   c.dtype = "bfloat16"                 # compute dtype; params are always param_dtype
   c.param_dtype = "float32"
   c.logit_scale_init = 2.6592600345611572  # log(1 / 0.07), learned from there
+  # Attention kernel (lcl_jax/models/attention.py): auto = TPU splash, GPU cuDNN (ViT) + Triton flash with segment
+  # ids (decoder), CPU xla; or name one: xla (every platform), splash, triton, cudnn.
+  c.attention = "auto"
   c.special_tokens = dict(SPECIAL_TOKENS)
   # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment
   # (method.md section 4). False reproduces the authors' code (only <boi> at position 0 excluded).
@@ -83,12 +86,14 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   return c
 
 
-def loss_config(contrastive_weight=0.1, generation_weight=1.0, lm_loss_chunks=1):
+def loss_config(contrastive_weight=0.1, generation_weight=1.0):
   c = ml_collections.ConfigDict()
   c.contrastive_weight = contrastive_weight  # lambda; 0 switches L_con off (generation-only)
   c.generation_weight = generation_weight    # 0 switches L_gen off (contrastive-only)
   c.max_logit_scale = 4.605170249938965      # log(100): the scale is clamped here
-  c.lm_loss_chunks = lm_loss_chunks    # >1: LM head + softmax per sequence piece, never all [B, L, V] logits
+  # The LM head runs only on target positions, sorted to the front of each chunk and taken in blocks of this many
+  # positions (logits [chunks, block, V] are the only vocabulary-sized buffer; compute ~ targets rounded up to a block).
+  c.lm_block_size = 512
   return c
 
 
@@ -144,7 +149,7 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
       runlocal=runlocal,
       vocab_size=DEMO_VOCAB_SIZE if runlocal else DEFAULT_VOCAB_SIZE,
       seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
-  config.loss = loss_config(contrastive_weight, generation_weight, lm_loss_chunks=1 if runlocal else 8)
+  config.loss = loss_config(contrastive_weight, generation_weight)
   config.sharding = sharding_config()
   if not runlocal:  # full size: scanned blocks keeping only their inputs for the backward pass (lcl_jax.plan)
     for tower in (config.model.vit, config.model.decoder):

@@ -6,8 +6,8 @@ pipeline; prints JSON with step time, images/s, tokens/s, model TFLOP/s, MFU and
   python -m lcl_jax.bench --config=configs/vitb16_mmc4.py --config.data.rows_per_batch=... --pipeline=false
 
 MFU is against the device's peak from lcl_jax.metrics' table, or on CPU against a large float32 matmul measured in
-the same run. The ViT / decoder / loss shares come from timing each part's compiled forward + backward on the same
-batch (they do not add up to the fused step exactly; the shares are of their sum).
+the same run. The ViT / decoder / LM head / contrastive shares come from timing each part's compiled forward + backward
+on the same batch (they do not add up to the fused step exactly; the shares are of their sum).
 """
 import functools
 import json
@@ -80,7 +80,8 @@ def _time(fn, *args, steps):
 
 
 def component_seconds(config, state, batch, num_chunks, steps):
-  """Forward + backward time of the ViT (+ pool), the decoder (+ LM head), and the losses, each compiled alone."""
+  """Forward + backward time of the ViT (+ pool), the decoder's blocks, the LM head with its loss (on fixed hidden
+  states) and the contrastive loss (on fixed features), each compiled alone."""
   import jax
   import jax.numpy as jnp
   from lcl_jax import losses, models
@@ -94,22 +95,25 @@ def component_seconds(config, state, batch, num_chunks, steps):
 
   def decoder(p):
     def f(m):
-      h = m.decoder(m.decoder.embed(batch["tokens"]), batch["segment_ids"], batch["positions"])
-      return m.decoder.logits(h)
-    logits = jax.tree.leaves(nn_apply(model, f)({"params": p}))[0]
-    return losses.next_token_loss(logits, batch["tokens"], batch["segment_ids"], st)[0]
+      return m.decoder(m.decoder.embed(batch["tokens"]), batch["segment_ids"], batch["positions"])
+    return jnp.sum(nn_apply(model, f)({"params": p}).astype(jnp.float32))
 
-  out = jax.jit(lambda p: model.apply({"params": p}, batch, num_chunks=num_chunks))(params)
+  out = jax.jit(lambda p: model.apply({"params": p}, batch, num_chunks=num_chunks, compute_logits=False))(params)
 
-  floats = {k: v for k, v in out.items() if v is not None and jnp.issubdtype(v.dtype, jnp.floating)}
+  def lm_head(hidden, head):
+    return losses.next_token_loss_on_targets(hidden, head, batch["tokens"], batch["segment_ids"], st,
+                                             num_chunks=num_chunks, block_size=config.loss.lm_block_size)[0]
 
-  def loss(f):
-    return losses.lcl_loss(dict(out, **f), batch, config.loss, st)[0]
+  def contrastive(v, t, scale):
+    return losses.contrastive_loss(v, t, out["contrastive_valid"], scale,
+                                   max_logit_scale=config.loss.max_logit_scale)[0]
 
   return {
       "vit": _time(jax.jit(jax.grad(vit)), params, steps=steps),
       "decoder": _time(jax.jit(jax.grad(decoder)), params, steps=steps),
-      "loss": _time(jax.jit(jax.grad(loss)), floats, steps=steps),
+      "lm_head": _time(jax.jit(jax.grad(lm_head, argnums=(0, 1))), out["hidden"], out["lm_head"], steps=steps),
+      "contrastive": _time(jax.jit(jax.grad(contrastive, argnums=(0, 1, 2))), out["v"], out["t"],
+                           out["logit_scale"], steps=steps),
   }
 
 
@@ -136,7 +140,7 @@ def bench(config, *, steps, name, with_pipeline):
   """-> the benchmark's JSON-able result for `config`."""
   import flax.linen as nn
   import jax
-  from lcl_jax import metrics, sharding, state as state_lib, train, train_step as ts
+  from lcl_jax import losses, metrics, sharding, state as state_lib, train, train_step as ts
   config.model.decoder.max_len = max(config.model.decoder.max_len, config.data.seq_len)
   mesh = sharding.make_mesh(config.sharding.mesh)
   shards = sharding.num_data_shards(mesh)
@@ -153,9 +157,13 @@ def bench(config, *, steps, name, with_pipeline):
     seconds = _time(lambda s: step(s, batch)[0], state, steps=steps)
     parts = component_seconds(config, state, batch, shards, max(2, steps // 3))
 
-  flops = metrics.model_flops_per_step(config.model, rows=config.data.rows_per_batch,
-                                       image_slots=config.data.images_per_batch, seq_len=config.data.seq_len,
-                                       generation=bool(config.loss.generation_weight))
+  computed, useful = losses.lm_head_positions(host_batch["tokens"], host_batch["segment_ids"],
+                                              dict(config.model.special_tokens), num_chunks=shards,
+                                              block_size=config.loss.lm_block_size)
+  flops, useful_flops = (metrics.model_flops_per_step(
+      config.model, rows=config.data.rows_per_batch, image_slots=config.data.images_per_batch,
+      seq_len=config.data.seq_len, generation=bool(config.loss.generation_weight), lm_positions=n)
+      for n in (computed, useful))
   peak, peak_source = metrics.device_peak_flops()
   images = config.data.images_per_batch
   result = {
@@ -168,6 +176,11 @@ def bench(config, *, steps, name, with_pipeline):
       "model_tflops_per_step": flops / 1e12, "model_tflops_per_sec": flops / seconds / 1e12,
       "peak_tflops_per_device": peak / 1e12, "peak_source": peak_source,
       "mfu": flops / (seconds * mesh.size * peak),
+      "useful_mfu": useful_flops / (seconds * mesh.size * peak),
+      "useful_tflops_per_step": useful_flops / 1e12,
+      "lm_head": {"positions": config.data.rows_per_batch * config.data.seq_len, "computed": computed,
+                  "targets": useful, "computed_tflops": metrics.lm_head_flops(config.model, computed) / 1e12,
+                  "useful_tflops": metrics.lm_head_flops(config.model, useful) / 1e12},
       "time_share": {k: v / sum(parts.values()) for k, v in parts.items()},
       "component_seconds": parts,
   }

@@ -40,6 +40,9 @@ class Checkpointer:
     self.directory = epath.Path(directory)
     self.every_steps = every_steps
     self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+    # Only the training loop may advance JAX's preemption sync counter: orbax also asks it (for its own stats) from
+    # its save and finalize threads, which can step past the agreed step on one host and hang the others.
+    self._manager.reached_preemption = lambda step: False
     self._in_flight: Optional[int] = None  # step of the async save not yet known to be complete
     self._failed = False                   # a save failed and was reported: orbax re-raises it on every wait
 

@@ -1,4 +1,7 @@
 """Start-up checks: a bad configuration fails before any compute, with a message that says what to change."""
+import jax
+
+from lcl_jax.models import attention
 
 
 class ConfigError(ValueError):
@@ -33,5 +36,9 @@ def check(config, *, num_data_shards: int) -> None:
     if not d[key]:
       raise ConfigError(f"config.data.{key} is empty: pass --config.data.{key}=PATH (local or gs://), or "
                         f"'demo' for the bundled demo corpus.")
+  try:
+    attention.resolve(m.attention, jax.default_backend())
+  except attention.KernelUnavailable as e:
+    raise ConfigError(str(e)) from None
   if config.optim.total_steps <= 0:
     raise ConfigError(f"config.optim.total_steps={config.optim.total_steps} must be positive.")

@@ -1,14 +1,20 @@
-"""LCL losses (method.md section 4): gathered bidirectional contrastive loss and next-token loss. jax only.
+"""LCL losses (method.md section 4): gathered bidirectional contrastive loss and next-token loss. jax (flax only for
+logical sharding constraints).
 
 The contrastive loss never builds the global N x N logits on one device: under a mesh, each data shard computes
 its local rows against all-gathered columns (`shard_map` + `all_gather`, gradients flow back through the gather as
 a reduce-scatter), which equals the dense global loss.
 """
+import functools
 from typing import Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
+
+from lcl_jax import axes
 
 # A finite "minus infinity": masked columns vanish from the softmax without NaNs in all-masked rows.
 _NEG = -1e9
@@ -101,52 +107,152 @@ def next_token_loss(logits, tokens, segment_ids, special_tokens):
   return loss, dict(generation_loss=loss, num_text_targets=count)
 
 
-def next_token_loss_chunked(hidden, logits_fn, tokens, segment_ids, special_tokens, num_chunks: int):
-  """next_token_loss without ever holding the [B, L, V] logits: the sequence is cut into `num_chunks` pieces and
-  each piece's logits are recomputed in the backward pass (jax.checkpoint), so peak memory is [B, L/n, V].
+def _sort_targets_first(weights, num_chunks: int, block_size: int):
+  """Per chunk, the positions with a target first (stable), padded to whole blocks.
 
-  hidden [B, L, D] (position i predicts token i + 1); logits_fn: [..., D] -> [..., V] float32.
+  weights f32 [B, L] -> (order int [C, nb * bs] indexing the chunk's flat [T] positions, active int []: blocks that
+  hold every target of the fullest chunk). Pad entries point at position 0 and are weighted 0 by the caller.
   """
-  b, length, d = hidden.shape
-  if (length - 1) % num_chunks and length % num_chunks:
-    raise ValueError(f"seq_len {length} does not split into {num_chunks} LM-loss chunks.")
+  w = weights.reshape(num_chunks, -1)
+  t = w.shape[1]
+  order = jnp.argsort(w <= 0, axis=1, stable=True).astype(jnp.int32)
+  blocks = -(-t // block_size)
+  order = jnp.pad(order, ((0, 0), (0, blocks * block_size - t)))
+  count = jnp.sum(w > 0, axis=1)
+  active = (jnp.max(count) + block_size - 1) // block_size   # same for every chunk: one loop under SPMD
+  return order, active
+
+
+def _block(xs, b, block_size):
+  """Block b ([C, bs, ...]) of per-chunk sorted arrays [C, nb * bs, ...]."""
+  return jax.lax.dynamic_slice_in_dim(xs, b * block_size, block_size, axis=1)
+
+
+def _lm_blocks(h, head, tgt, w, order, active, *, block_size, with_grads):
+  """The loop over active blocks: sum of weighted NLLs and, with_grads, d/dh (sorted order) and d/dhead.
+
+  h [C, T, D] hidden per chunk; head [D, V]; tgt / w / order [C, nb * bs] in sorted order.
+  Logits of one block, [C, bs, V] float32, are the only vocabulary-sized buffer. The head stays [D, V] and the
+  softmax is written as one max, one exp-sum and one fused gradient pass: measured fastest on XLA CPU.
+  """
+  c, _, d = h.shape
+  sorted_len = order.shape[1]
+
+  def body(b, carry):
+    total, dh, dhead = carry
+    idx, tb, wb = (_block(x, b, block_size) for x in (order, tgt, w))
+    hb = jnp.take_along_axis(h, idx[..., None], axis=1)                      # [C, bs, D]
+    logits = jnp.einsum("csd,dv->csv", hb, head, preferred_element_type=jnp.float32)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - peak)
+    sum_e = jnp.sum(e, axis=-1, keepdims=True)
+    lse = (peak + jnp.log(sum_e))[..., 0]
+    nll = lse - jnp.take_along_axis(logits, tb[..., None], axis=-1)[..., 0]
+    total = total + jnp.sum(nll * wb)
+    if with_grads:
+      is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2) == tb[..., None]
+      dlogits = e * (wb[..., None] / sum_e) - jnp.where(is_target, wb[..., None], 0.0)   # w * (softmax - onehot)
+      dlogits = dlogits.astype(head.dtype)
+      dhb = jnp.einsum("csv,dv->csd", dlogits, head, preferred_element_type=jnp.float32)
+      dh = jax.lax.dynamic_update_slice_in_dim(dh, dhb, b * block_size, axis=1)
+      # Per chunk: chunks live on their data shard, so the sum over them happens once, after the loop, as a
+      # reduce-scatter into the head's shards (a [D, V] carry would be all-reduced whole in every iteration).
+      dhead = dhead + jnp.einsum("csd,csv->cdv", hb, dlogits, preferred_element_type=jnp.float32)
+    return total, dh, dhead
+
+  zeros = (jnp.zeros((), jnp.float32),
+           jnp.zeros((c, sorted_len, d) if with_grads else (0,), jnp.float32),
+           jnp.zeros((c,) + head.shape if with_grads else (0,), jnp.float32))
+  return jax.lax.fori_loop(0, active, body, zeros)
+
+
+def _gathered(head):
+  """The head whole along D (vocabulary still split over `tensor`) before the loop: one gather per step, not one
+  per block."""
+  return nn.with_logical_constraint(head, (None, axes.ACT_VOCAB))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _target_nll_sum(h, head, tgt, w, order, active, block_size):
+  return _lm_blocks(h, _gathered(head), tgt, w, order, active, block_size=block_size, with_grads=False)[0]
+
+
+def _target_nll_sum_fwd(h, head, tgt, w, order, active, block_size):
+  # Loss and gradients in one pass over the blocks: each block's logits are made once, not again for backward.
+  total, dh_sorted, dhead = _lm_blocks(h, _gathered(head), tgt, w, order, active, block_size=block_size,
+                                       with_grads=True)
+  inverse = jnp.argsort(order[:, :h.shape[1]], axis=1)                       # sorted slot of each position
+  dh = jnp.take_along_axis(dh_sorted, inverse[..., None], axis=1)
+  dhead = nn.with_logical_constraint(jnp.sum(dhead, axis=0), (axes.EMBED, axes.VOCAB))  # the param's shards
+  return total, (dh.astype(h.dtype), dhead.astype(head.dtype))
+
+
+def _target_nll_sum_bwd(block_size, residuals, g):
+  del block_size
+  dh, dhead = residuals
+  return (g * dh).astype(dh.dtype), (g * dhead).astype(dhead.dtype), None, None, None, None
+
+
+_target_nll_sum.defvjp(_target_nll_sum_fwd, _target_nll_sum_bwd)
+
+
+def next_token_loss_on_targets(hidden, head, tokens, segment_ids, special_tokens, *, num_chunks: int = 1,
+                               block_size: int = 512):
+  """next_token_loss with the LM head, softmax and loss computed only where there is a target.
+
+  hidden [B, L, D] (position i predicts token i + 1), head [D, V] (logits = hidden @ head), tokens /
+  segment_ids int [B, L]. Per chunk (the batch contract's; chunks stay on their data shard), target positions are
+  sorted to the front and processed in blocks of `block_size` positions, as many blocks as the fullest chunk
+  needs: static shapes, compute proportional to the targets (plus at most one partial block per chunk), and never
+  more than one block's [C, bs, V] logits in memory. Equals next_token_loss on the full logits (values and
+  gradients; the logits accumulate in float32).
+  """
+  b, length, _ = hidden.shape
+  if b % num_chunks:
+    raise ValueError(f"{b} rows do not split into {num_chunks} chunks.")
   targets, weights = generation_targets(tokens, segment_ids, special_tokens)
-  # Pad the L - 1 predicting positions to L so every chunk has the same static size; the pad weighs 0.
+  # Position L - 1 of each row predicts nothing: pad to L so positions keep their flat index in the chunk.
   targets = jnp.pad(targets, ((0, 0), (0, 1)))
   weights = jnp.pad(weights, ((0, 0), (0, 1)))
-  split = lambda x: jnp.moveaxis(x.reshape((b, num_chunks, length // num_chunks) + x.shape[2:]), 1, 0)
-
-  @jax.checkpoint
-  def piece(h, tgt, w):
-    logp = jax.nn.log_softmax(logits_fn(h).astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * w)
-
-  total = jnp.sum(jax.lax.map(lambda xs: piece(*xs), (split(hidden), split(targets), split(weights))))
+  block_size = min(block_size, weights.size // num_chunks)  # a chunk smaller than a block is one block
+  order, active = _sort_targets_first(weights, num_chunks, block_size)
+  in_order = lambda x: jnp.take_along_axis(x.reshape(num_chunks, -1), order, axis=1)
+  pad = jnp.arange(order.shape[1]) < weights.size // num_chunks               # pad entries weigh 0
+  tgt, w = in_order(targets), in_order(weights) * pad
+  h = hidden.reshape(num_chunks, -1, hidden.shape[-1])
+  total = _target_nll_sum(h, head.astype(hidden.dtype), tgt, w, order, active, block_size)
   count = jnp.sum(weights)
   loss = total / jnp.maximum(count, 1.0)
-  return loss, dict(generation_loss=loss, num_text_targets=count)
+  computed = (active * block_size * num_chunks).astype(jnp.float32)
+  return loss, dict(generation_loss=loss, num_text_targets=count, lm_head_positions=computed)
+
+
+def lm_head_positions(tokens, segment_ids, special_tokens, *, num_chunks: int, block_size: int):
+  """(positions the target-only LM head computes, positions with a target) for a host batch [B, L]: the numbers
+  behind computed vs useful LM-head FLOPs."""
+  weights = np.asarray(generation_targets(tokens, segment_ids, special_tokens)[1])
+  per_chunk = weights.reshape(num_chunks, -1).sum(axis=1)
+  block_size = min(block_size, np.size(tokens) // num_chunks)
+  blocks = -(-int(per_chunk.max()) // block_size)
+  return blocks * block_size * num_chunks, int(per_chunk.sum())
 
 
 def lcl_loss(outputs, batch, loss_config, special_tokens, *, mesh=None, data_axes=("data", "fsdp"),
-             logits_fn=None):
-  """L = lambda * L_con + w_gen * L_gen from the model outputs.
+             num_chunks: int = 1):
+  """L = lambda * L_con + w_gen * L_gen from the model outputs (`hidden` and `lm_head` for the LM term).
 
   A weight of 0 switches its term off (the paper's two ablations). The contrastive metrics are reported
-  either way (they are cheap and show the generation-only collapse); the LM logits are only needed when
-  the generation weight is non-zero. With `logits_fn` and `loss_config.lm_loss_chunks` > 1 the LM head runs
-  chunk by chunk on `outputs["hidden"]` instead of on full logits.
+  either way (they are cheap and show the generation-only collapse); the LM head runs only when the generation
+  weight is non-zero, and then only on target positions (next_token_loss_on_targets).
   """
   con, metrics = contrastive_loss(outputs["v"], outputs["t"], outputs["contrastive_valid"],
                                   outputs["logit_scale"], max_logit_scale=loss_config["max_logit_scale"],
                                   mesh=mesh, data_axes=data_axes)
   total = loss_config["contrastive_weight"] * con
   if loss_config["generation_weight"]:
-    if outputs.get("logits") is None:
-      gen, m = next_token_loss_chunked(outputs["hidden"], logits_fn, batch["tokens"], batch["segment_ids"],
-                                       special_tokens, loss_config["lm_loss_chunks"])
-    else:
-      gen, m = next_token_loss(outputs["logits"], batch["tokens"], batch["segment_ids"], special_tokens)
+    gen, m = next_token_loss_on_targets(outputs["hidden"], outputs["lm_head"], batch["tokens"],
+                                        batch["segment_ids"], special_tokens, num_chunks=num_chunks,
+                                        block_size=loss_config["lm_block_size"])
     total = total + loss_config["generation_weight"] * gen
     metrics.update(m)
   metrics["loss"] = total

@@ -111,7 +111,8 @@ def main(argv):
     train.run(_CONFIG.value, _WORKDIR.value)
   except (config_checks.ConfigError, DataSetupError) as e:
     exit_with(e, 2)
-  except (checkpoint.CheckpointError, workdir_lock.WorkdirLocked, train.TooManyNonFiniteSteps) as e:
+  except (checkpoint.CheckpointError, workdir_lock.WorkdirLocked, train.TooManyNonFiniteSteps,
+          train.MetricsWriteError) as e:
     exit_with(e, 1)
 
 

@@ -73,9 +73,33 @@ def _transformer_flops(tokens, width, mlp, depth, seq):
   return depth * (dense + attention)
 
 
+def lm_head_flops(model_config, positions: float) -> float:
+  """Training FLOPs of the LM head and its loss at `positions` positions: one logits matmul forward, two
+  backward (the target-only loss makes each block's logits once)."""
+  return 3.0 * 2 * positions * model_config.decoder.width * model_config.decoder.vocab_size
+
+
+def lm_positions_estimate(model_config, loss_config, *, rows: int, image_slots: int, seq_len: int,
+                          num_chunks: int) -> tuple[int, int]:
+  """(positions the target-only LM head computes, positions with a target) for a step whose image slots are all
+  filled and whose other positions are text: per row the L - 1 predicting positions less K + 1 per image (the
+  positions that predict `<img>` or `<eoi>`), per chunk rounded up to whole blocks. A planning number: the
+  training loop logs the measured ones (lm_head_positions, num_text_targets)."""
+  k = (model_config.vit.image_size // model_config.vit.patch_size) ** 2
+  useful = max(rows * (seq_len - 1) - image_slots * (k + 1), 0)
+  block = min(loss_config.lm_block_size, rows // num_chunks * seq_len)
+  per_chunk = -(-useful // num_chunks)
+  return -(-per_chunk // block) * block * num_chunks, useful
+
+
 def model_flops_per_step(model_config, *, rows: int, image_slots: int, seq_len: int,
-                         generation: bool = True) -> float:
-  """Training FLOPs (forward + backward = 3 x forward) of one step of the LCL model."""
+                         generation: bool = True, lm_positions: Optional[float] = None) -> float:
+  """Training FLOPs (forward + backward = 3 x forward) of one step of the LCL model.
+
+  lm_positions: positions the LM head runs on (the target-only loss: targets rounded up to whole blocks, see
+  losses.lm_head_positions); None counts every position, an upper bound. Pass the number of targets for the
+  useful FLOPs.
+  """
   v, d = model_config.vit, model_config.decoder
   k = (v.image_size // v.patch_size) ** 2
   patch_pixels = v.patch_size ** 2 * 3
@@ -85,20 +109,23 @@ def model_flops_per_step(model_config, *, rows: int, image_slots: int, seq_len: 
   image_proj = 2 * image_slots * k * v.width * d.width
   tokens = rows * seq_len
   decoder = _transformer_flops(tokens, d.width, d.mlp_dim, d.depth, seq_len)
-  lm_head = 2 * tokens * d.width * d.vocab_size if generation else 0
-  return 3.0 * (vit + pool + image_proj + decoder + lm_head)
+  lm_head = 0.0
+  if generation:
+    lm_head = lm_head_flops(model_config, tokens if lm_positions is None else lm_positions)
+  return 3.0 * (vit + pool + image_proj + decoder) + lm_head
 
 
 class DeferredMetrics:
-  """Holds step N's metrics (device arrays) and reads them after step N + 1 is dispatched, so the host never
-  blocks the device on a metrics transfer."""
+  """Holds a logged step N's metrics (device arrays) and reads them after step N + 1 is dispatched, so the host
+  never waits for the device on a metrics transfer; the metrics of the steps in between are never read."""
 
   def __init__(self):
     self._pending = None
 
-  def push(self, step: int, metrics) -> Optional[tuple[int, dict]]:
-    """Stores this step's metrics; returns the previous step's as floats (or None)."""
-    previous, self._pending = self._pending, (step, metrics)
+  def push(self, step: int, metrics=None) -> Optional[tuple[int, dict]]:
+    """Keeps this step's metrics to read later (None: a step that is not logged; nothing is kept or read); returns
+    the step kept before, with its metrics as floats, or None."""
+    previous, self._pending = self._pending, None if metrics is None else (step, metrics)
     return None if previous is None else (previous[0], to_floats(previous[1]))
 
   def flush(self) -> Optional[tuple[int, dict]]:
@@ -107,4 +134,5 @@ class DeferredMetrics:
 
 
 def to_floats(metrics) -> dict:
+  """Device arrays and host numbers -> floats; one wait for all of them (device_get starts every copy first)."""
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}

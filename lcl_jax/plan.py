@@ -8,21 +8,31 @@ Memory comes from XLA's memory analysis of the CPU compilation of the same SPMD 
 params + optimizer state + batch shard, temporaries = activations and workspace); an accelerator's compiler fuses
 differently, so treat it as an estimate with ~10-20% slack. --fit doubles the per-device batch until it no longer
 fits the device's memory and reports the largest that does.
+
+Collectives (`collective_bytes_per_device_per_step`, per kind) are the bytes one device sends per step with ring
+algorithms, read from the SPMD partitioner's output with the rewrites GPU and TPU compilers apply (an all-reduce cut
+by a dynamic-slice is a reduce-scatter; lcl_jax.hlo_collectives), every loop body counted its trip count times.
+Beside them, `collective_ideal_bytes_per_device_per_step` is the least the mesh needs: each parameter split over fsdp
+gathered from its shards once per use (again in the backward pass of a rematerialised tower) and its gradient
+reduce-scattered back, each gradient shard all-reduced once over the devices holding the same shard, parameters at
+the compute dtype, plus the contrastive loss's gather of v and t [global image slots, embed_dim] float32 and the
+reduce-scatter of their gradients; tensor-parallel activations and scalars are not in it. `collective_checks` lists
+what breaks FSDP: gradients all-reduced whole, parameters not reduce-scattered, parameters gathered more than once
+per use, and the bytes per iteration of loops whose trip count is known only at run time (counted once above).
 """
+import glob
 import json
 import math
 import os
 import re
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-                "f64": 8, "s64": 8, "u64": 8}
+from lcl_jax import axes, hlo_collectives
 
 
 def define_flags():
@@ -51,20 +61,23 @@ def parse_mesh(text: str) -> dict:
 
 
 def collective_bytes(hlo_text: str) -> dict:
-  """Bytes produced per device by each kind of collective in a compiled HLO module (result shapes)."""
+  """Bytes produced per device by each kind of collective as the HLO text writes them (result shapes, each
+  instruction once); plan reports hlo_collectives' reading instead (executions per step, accelerator rewrites)."""
   totals = {}
   for line in hlo_text.splitlines():
-    m = re.search(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(", line)
+    m = re.search(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(hlo_collectives.KINDS) + r")(-start)?\(", line)
     if not m:
       continue
     shapes = re.findall(r"(\w+)\[([\d,]*)\]", m.group(1))
-    size = sum(_DTYPE_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d) for t, dims in shapes)
+    size = sum(hlo_collectives.shape_bytes((t, tuple(int(d) for d in dims.split(",") if d))) for t, dims in shapes)
     totals[m.group(2)] = totals.get(m.group(2), 0) + size
   return totals
 
 
-def compile_step(config, mesh):
-  """The train step compiled AOT exactly as train.py builds it -> (compiled, StateSpec)."""
+def compile_step(config, mesh, *, partitioned_hlo: bool = False):
+  """The train step compiled AOT exactly as train.py builds it -> (compiled, StateSpec), and with partitioned_hlo the
+  SPMD partitioner's output as HLO text (None if the persistent compilation cache served the executable: XLA then
+  partitions nothing), the program before any backend's own collective rewrites (lcl_jax.hlo_collectives)."""
   import functools
   import flax.linen as nn
   import jax
@@ -75,10 +88,77 @@ def compile_step(config, mesh):
                               num_chunks=sharding.num_data_shards(mesh),
                               accum_steps=config.optim.grad_accum_steps, lr_schedule=spec.schedule)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-    compiled = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
-                       out_shardings=(spec.shardings, None), donate_argnums=0).lower(
-                           spec.abstract, spec.batch).compile()
-  return compiled, spec
+    lowered = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
+                      out_shardings=(spec.shardings, None), donate_argnums=0).lower(spec.abstract, spec.batch)
+  if not partitioned_hlo:
+    return lowered.compile(), spec
+  with tempfile.TemporaryDirectory(prefix="lcl_plan_hlo_") as dump:
+    # XLA writes the module after the named pass, with the partition tables (large constants) that tell which slice
+    # each device keeps; dump options change nothing in the compiled program.
+    compiled = lowered.compile(compiler_options={"xla_dump_to": dump, "xla_dump_large_constants": True,
+                                                 "xla_dump_hlo_pass_re": hlo_collectives.PARTITIONER_PASS})
+    found = glob.glob(os.path.join(dump, f"*after_{hlo_collectives.PARTITIONER_PASS}*.txt"))
+    text = open(found[0]).read() if len(found) == 1 else None
+  return compiled, spec, text
+
+
+def parameter_layouts(config, spec, mesh) -> list:
+  """hlo_collectives.Param of every parameter: its per-device shapes and how it is split over fsdp."""
+  import flax.linen as nn
+  import jax
+  from jax.sharding import PartitionSpec
+  fsdp = mesh.shape.get("fsdp", 1)
+  logical = jax.tree.leaves(nn.get_partition_spec(spec.boxed.params), is_leaf=lambda x: isinstance(x, PartitionSpec))
+  leaves = jax.tree_util.tree_flatten_with_path(spec.abstract.params)[0]
+  remat = {"vit": config.model.vit.remat, "decoder": config.model.decoder.remat}
+  tied = "['decoder']['token_embed']['embedding']" if config.model.decoder.tie_embeddings else None
+  params = []
+  for (path, leaf), names in zip(leaves, logical):
+    name = jax.tree_util.keystr(path)
+    entries = tuple(leaf.sharding.spec) + (None,) * (len(leaf.shape) - len(leaf.sharding.spec))
+    on_fsdp = [e == "fsdp" or (isinstance(e, tuple) and "fsdp" in e) for e in entries]
+    shard = tuple(leaf.sharding.shard_shape(leaf.shape))
+    tower = re.match(r"\['(\w+)'\]\['(block\w*)'\]", name)
+    params.append(hlo_collectives.Param(
+        path=name, shard=shard, local=tuple(d * fsdp if f else d for d, f in zip(shard, on_fsdp)),
+        fsdp=fsdp if any(on_fsdp) else 1, layered=bool(names) and names[0] == axes.LAYERS,
+        remat=bool(tower) and bool(remat.get(tower.group(1))),
+        uses=config.optim.grad_accum_steps * (2 if name == tied else 1)))
+  return params
+
+
+def collective_report(config, mesh, params, hlo_text: str, partitioned: bool) -> dict:
+  """Measured vs ideal collective bytes per kind, and the FSDP checks (hlo_collectives)."""
+  import jax.numpy as jnp
+  mesh_shape = dict(mesh.shape)
+  found = hlo_collectives.collectives(hlo_text, mesh_shape)
+  ideal = hlo_collectives.ideal_wire_bytes(
+      params, mesh_shape, param_bytes=jnp.dtype(config.model.dtype).itemsize,
+      contrastive_rows=config.data.images_per_batch, embed_dim=config.model.embed_dim,
+      micro_batches=config.optim.grad_accum_steps)
+  gathers = hlo_collectives.parameter_gathers(found, params)
+  dynamic = [c for c in found if not c.static_runs]
+  return {
+      "bytes": hlo_collectives.wire_bytes_by_kind(found),
+      "ideal": ideal,
+      "source": ("SPMD partitioner output; all-reduce + dynamic-slice pairs read as the reduce-scatters GPU/TPU "
+                 "compilers make of them" if partitioned else
+                 "CPU executable (the partitioner's output was not available): all-reduce + dynamic-slice pairs "
+                 "fused by the CPU compiler stay all-reduces, bfloat16 all-reduces widened to float32"),
+      # Gradients of fsdp-split parameters: all-reduces of a whole one (shape as sorted dims; `allowed`: parameters
+      # not split over fsdp share the shape) and parameters no reduce-scatter over fsdp serves. Both empty is FSDP.
+      "full_size_fsdp_gradient_all_reduces": [
+          {"shape": list(k), "instructions": n, "allowed": w}
+          for k, n, w in hlo_collectives.full_size_gradient_all_reduces(found, params)],
+      "fsdp_params_not_reduce_scattered": hlo_collectives.not_reduce_scattered(found, params),
+      # Per step over all fsdp-split parameters: gathers of the stored parameter / uses (one per layer, two with
+      # remat); below 1 where XLA moves activations instead or gathers a product of the parameter.
+      "fsdp_param_all_gathers_per_use": round(
+          sum(g for g, _ in gathers.values()) / max(1, sum(e for _, e in gathers.values())), 3),
+      "fsdp_params_gathered_more_than_once_per_use": sorted(p for p, (g, e) in gathers.items() if g > e),
+      # A loop whose trip count is only known at run time is counted once; its bytes per iteration:
+      "bytes_per_iteration_of_loops_with_run_time_trip_count": hlo_collectives.wire_bytes_by_kind(dynamic),
+  }
 
 
 def plan_once(config, mesh, device_name, peak, memory_gib, mfu):
@@ -86,7 +166,7 @@ def plan_once(config, mesh, device_name, peak, memory_gib, mfu):
   import numpy as np
   from lcl_jax import metrics, sharding
   start = time.time()
-  compiled, spec = compile_step(config, mesh)
+  compiled, spec, partitioned = compile_step(config, mesh, partitioned_hlo=True)
   mem = compiled.memory_analysis()
   shards = sharding.num_data_shards(mesh)
 
@@ -94,11 +174,17 @@ def plan_once(config, mesh, device_name, peak, memory_gib, mfu):
     return int(sum(np.prod(s.sharding.shard_shape(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(tree)))
 
   params = int(sum(np.prod(s.shape) for s in jax.tree.leaves(spec.abstract.params)))
-  flops = metrics.model_flops_per_step(config.model, rows=config.data.rows_per_batch,
-                                       image_slots=config.data.images_per_batch, seq_len=config.data.seq_len,
-                                       generation=bool(config.loss.generation_weight))
+  shape = dict(rows=config.data.rows_per_batch, image_slots=config.data.images_per_batch,
+               seq_len=config.data.seq_len)
+  computed, useful = metrics.lm_positions_estimate(config.model, config.loss, **shape,
+                                                   num_chunks=shards * config.optim.grad_accum_steps)
+  flops, useful_flops = (metrics.model_flops_per_step(config.model, **shape,
+                                                      generation=bool(config.loss.generation_weight),
+                                                      lm_positions=n) for n in (computed, useful))
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
+  collectives = collective_report(config, mesh, parameter_layouts(config, spec, mesh),
+                                  partitioned or compiled.as_text(), partitioned is not None)
   step_seconds = flops / (mesh.size * peak * mfu)
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes
   # Donated state: outputs alias arguments, so only outputs beyond the arguments add up.
@@ -116,13 +202,23 @@ def plan_once(config, mesh, device_name, peak, memory_gib, mfu):
           "arguments": mem.argument_size_in_bytes / gib,
           "activations_and_temporaries": mem.temp_size_in_bytes / gib,
           "total": total / gib, "device_memory": memory_gib, "fits": total / gib <= memory_gib},
-      "model_flops_per_step": flops,
+      # The LM head runs on target positions in blocks: computed = targets rounded up to blocks, useful = targets,
+      # both for a step whose image slots are all filled (metrics.lm_positions_estimate).
+      "model_flops_per_step": flops, "useful_model_flops_per_step": useful_flops,
       "model_flops_per_image_slot": flops / config.data.images_per_batch,
-      # XLA's cost analysis counts a scanned loop body once, so it only matches unscanned models.
+      "lm_head": {"positions": shape["rows"] * shape["seq_len"], "computed": computed, "targets": useful,
+                  "computed_flops": metrics.lm_head_flops(config.model, computed),
+                  "useful_flops": metrics.lm_head_flops(config.model, useful)},
+      # XLA's cost analysis counts a loop body once (scanned blocks, the LM head's block loop): it matches
+      # unscanned models whose LM head runs one block per chunk.
       "xla_flops_per_step": (float(cost.get("flops", float("nan"))) * mesh.size
                              if cost and not (config.model.vit.scan_layers or config.model.decoder.scan_layers)
                              else None),
-      "collective_bytes_per_device_per_step": collective_bytes(compiled.as_text()),
+      # Bytes one device sends per step (ring algorithms) in the program an accelerator runs, beside the least this
+      # mesh needs: hlo_collectives.ideal_wire_bytes says what that counts.
+      "collective_bytes_per_device_per_step": collectives.pop("bytes"),
+      "collective_ideal_bytes_per_device_per_step": collectives.pop("ideal"),
+      "collective_checks": collectives,
       "assumed_mfu": mfu, "peak_flops_per_device": peak,
       "predicted_step_seconds": step_seconds,
       "predicted_days": step_seconds * config.optim.total_steps / 86400,

@@ -46,12 +46,9 @@ def split_micro_batches(batch, accum_steps: int, num_chunks: int):
 
 
 def loss_fn(params, batch, rng, *, model, loss_config, special_tokens, mesh, num_chunks):
-  chunked_lm = loss_config.get("lm_loss_chunks", 1) > 1
-  outputs = model.apply({"params": params}, batch, num_chunks=num_chunks, train=True,
-                        compute_logits=bool(loss_config["generation_weight"]) and not chunked_lm,
+  outputs = model.apply({"params": params}, batch, num_chunks=num_chunks, train=True, compute_logits=False,
                         rngs={"dropout": rng})
-  logits_fn = lambda h: model.apply({"params": params}, h, method=type(model).lm_logits)
-  return losses.lcl_loss(outputs, batch, loss_config, special_tokens, mesh=mesh, logits_fn=logits_fn)
+  return losses.lcl_loss(outputs, batch, loss_config, special_tokens, mesh=mesh, num_chunks=num_chunks)
 
 
 def train_step(state: TrainState, batch, *, model, tx, loss_config, special_tokens, mesh=None,

@@ -123,22 +123,39 @@ def test_target_weights_by_kind():
   np.testing.assert_array_equal(np.asarray(weights), expected)
 
 
-def test_chunked_next_token_loss_equals_full():
+@pytest.mark.parametrize("num_chunks,block_size,dtype", [(2, 16, np.float32), (1, 7, np.float32),
+                                                         (2, 512, np.float32), (2, 16, jnp.bfloat16)])
+def test_target_only_next_token_loss_equals_full_logits(num_chunks, block_size, dtype):
+  """Packed rows (several segments, padding, image spans), blocks that do not divide a chunk or exceed it: the
+  target-only LM head gives the dense loss and the same gradients for hidden states and head."""
   rng = np.random.default_rng(1)
   batch, _ = synthetic.make_batch(rng, num_chunks=2, rows_per_chunk=2, images_per_chunk=3, seq_len=40,
                                   patches=4, image_size=8, vocab_size=50)
+  assert len(np.unique(batch["segment_ids"])) > 2 and (batch["segment_ids"] == 0).any()  # packed and padded
   hidden = rng.normal(size=batch["tokens"].shape + (8,)).astype(np.float32)
   head = rng.normal(size=(8, 50)).astype(np.float32)
   st = common.SPECIAL_TOKENS
 
   def full(h, w):
-    return losses.next_token_loss(h @ w, batch["tokens"], batch["segment_ids"], st)[0]
+    logits = jnp.einsum("bld,dv->blv", h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return losses.next_token_loss(logits, batch["tokens"], batch["segment_ids"], st)[0]
 
-  def chunked(h, w):
-    return losses.next_token_loss_chunked(h, lambda x: x @ w, batch["tokens"], batch["segment_ids"], st, 4)[0]
+  def targets_only(h, w):
+    loss, m = losses.next_token_loss_on_targets(h.astype(dtype), w, batch["tokens"], batch["segment_ids"], st,
+                                                num_chunks=num_chunks, block_size=block_size)
+    return loss, m
 
   want, want_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, head)
-  got, got_grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, head)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  (got, m), got_grads = jax.jit(jax.value_and_grad(targets_only, argnums=(0, 1), has_aux=True))(hidden, head)
+  tol = 1e-5 if dtype == np.float32 else 2e-2
+  np.testing.assert_allclose(got, want, rtol=tol)
   for g, w in zip(got_grads, want_grads):
-    np.testing.assert_allclose(g, w, atol=1e-5)
+    np.testing.assert_allclose(g, w, atol=tol, rtol=tol)
+  # Computed positions: every chunk's targets rounded up to whole blocks, never all positions when a block fits.
+  per_chunk = losses.generation_targets(batch["tokens"], batch["segment_ids"], st)[1].reshape(num_chunks, -1)
+  block_size = min(block_size, batch["tokens"].size // num_chunks)  # a chunk smaller than a block is one block
+  blocks = -(-int(np.max(np.sum(per_chunk, axis=1))) // block_size)
+  assert float(m["lm_head_positions"]) == blocks * block_size * num_chunks
+  assert losses.lm_head_positions(batch["tokens"], batch["segment_ids"], st, num_chunks=num_chunks,
+                                  block_size=block_size) == (blocks * block_size * num_chunks, np.sum(per_chunk))
+  assert float(m["num_text_targets"]) == float(np.sum(per_chunk))

@@ -1,15 +1,19 @@
 """The training loop on a deterministic in-test batch source: checkpoints, exact resume, fault handling, logs."""
+import collections
+import contextlib
 import glob
 import os
 import signal
+import threading
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from jax._src import array as jax_array
 
 from configs import vitb16_mmc4
-from lcl_jax import train
+from lcl_jax import config_checks, train
 from tests import synthetic
 from tests.test_model import tiny_config
 
@@ -17,9 +21,9 @@ from tests.test_model import tiny_config
 class IndexedSource:
   """Batch k is a pure function of k (like the real pipeline's (seed, position) design)."""
 
-  def __init__(self, config, sigterm_at=None, bad_from=None):
+  def __init__(self, config, sigterm_at=None, bad_from=None, bad_until=None):
     self.config, self.position = config, 0
-    self.sigterm_at, self.bad_from = sigterm_at, bad_from
+    self.sigterm_at, self.bad_from, self.bad_until = sigterm_at, bad_from, bad_until
 
   def __iter__(self):
     return self
@@ -31,7 +35,7 @@ class IndexedSource:
                                     rows_per_chunk=c.rows_per_batch // num_chunks,
                                     images_per_chunk=c.images_per_batch // num_chunks, seq_len=c.seq_len,
                                     patches=4, image_size=16, vocab_size=self.config.model.decoder.vocab_size)
-    if self.bad_from is not None and self.position >= self.bad_from:
+    if self.bad_from is not None and self.bad_from <= self.position < (self.bad_until or np.inf):
       batch["tokens"][0, 2] = self.config.model.decoder.vocab_size + 1   # NaN embedding
     if self.sigterm_at is not None and self.position == self.sigterm_at:
       os.kill(os.getpid(), signal.SIGTERM)
@@ -51,21 +55,55 @@ def tiny_train_config(total_steps=6):
   config.sharding.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.data.seq_len, config.data.rows_per_batch, config.data.images_per_batch = 48, 16, 32
   config.optim.total_steps, config.optim.warmup_steps = total_steps, 2
-  config.ckpt.every_steps, config.log_every = 2, 1
+  config.ckpt.every_steps, config.log_every = 3, 3  # steps 1, 2 and 5 neither log, save nor read a logged step
   config.evals = ml_collections.ConfigDict()  # evaluators are exercised with the demo corpus elsewhere
   return config
+
+
+@contextlib.contextmanager
+def host_reads_per_step():
+  """{loop step: reads of device values on the training loop's thread}, counted over a train.run inside.
+
+  jax.transfer_guard_device_to_host does not apply to CPU arrays (nothing is transferred), so reads are counted
+  where every host read of a multi-device jax.Array passes (float, int, bool, np.asarray, jax.device_get, .item()
+  all call ArrayImpl._value; the step's outputs live on all 8 devices). Key 0 is the start-up (restore, init);
+  reads after the last step count for the last step.
+  """
+  reads, step = collections.Counter(), [0]
+  loop_thread = threading.current_thread()
+  value, prefetch = jax_array.ArrayImpl._value, train.prefetch_to_device
+
+  def counted(self):
+    if threading.current_thread() is loop_thread:  # orbax's and the prefetch threads do not hold the loop up
+      reads[step[0]] += 1
+    return value.fget(self)
+
+  def numbered(*args, **kwargs):
+    batches = prefetch(*args, **kwargs)
+    try:
+      for item in batches:
+        step[0] += 1  # the loop's body for this batch runs until the next one is asked for
+        yield item
+    finally:
+      batches.close()
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(jax_array.ArrayImpl, "_value", property(counted))
+    patch.setattr(train, "prefetch_to_device", numbered)
+    yield reads
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = tiny_train_config()
-  state = train.run(config, workdir, data=IndexedSource(config))
-  return workdir, state
+  with host_reads_per_step() as reads:
+    state = train.run(config, workdir, data=IndexedSource(config))
+  return workdir, state, reads
 
 
 def test_run_writes_checkpoints_and_tensorboard(straight_run):
-  workdir, state = straight_run
+  workdir, state, _ = straight_run
   assert int(state.step) == 6
   steps = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
                  if os.path.basename(p).isdigit())
@@ -73,8 +111,21 @@ def test_run_writes_checkpoints_and_tensorboard(straight_run):
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
 
 
+def test_steps_read_nothing_from_the_device_between_logging_steps(straight_run):
+  """The host runs ahead of the device: a step reads device values only to log (the metrics of logging step N,
+  once step N + 1 is dispatched), to save a checkpoint, and at the end."""
+  config = tiny_train_config()
+  log, save, last = config.log_every, config.ckpt.every_steps, config.optim.total_steps
+  reads = straight_run[2]
+  allowed = {0, last} | {s for s in range(1, last + 1) if s % save == 0 or (s > 1 and (s - 1) % log == 0)}
+  quiet = [s for s in range(1, last + 1) if s not in allowed]
+  assert quiet == [1, 2, 5]
+  assert {s: reads[s] for s in quiet if reads[s]} == {}, "device values read at steps that neither log nor save"
+  assert reads[log + 1] > 0  # the count sees the deferred read of logging step 3 (step 4 does not save)
+
+
 def test_sigterm_then_resume_is_exact(straight_run, tmp_path):
-  _, want = straight_run
+  _, want, _ = straight_run
   config = tiny_train_config()
   source = IndexedSource(config, sigterm_at=3)
   stopped = train.run(config, str(tmp_path), data=source)
@@ -87,11 +138,40 @@ def test_sigterm_then_resume_is_exact(straight_run, tmp_path):
 
 
 def test_run_stops_after_too_many_nonfinite_steps(tmp_path):
+  """A streak of skipped steps longer than the limit that begins and ends between two logging steps (5 and 10:
+  steps 5-8 are skipped, 9 and 10 are not) still stops the run, though no logged step sees it."""
   config = tiny_train_config(total_steps=20)
-  config.optim.max_consecutive_nonfinite = 3
-  with pytest.raises(train.TooManyNonFiniteSteps, match="max_consecutive_nonfinite"):
-    train.run(config, str(tmp_path), data=IndexedSource(config, bad_from=4))
-  # The last good checkpoint (step 4, before the bad batches) is intact and finite.
+  config.optim.max_consecutive_nonfinite, config.log_every, config.ckpt.every_steps = 3, 5, 4
+  with pytest.raises(train.TooManyNonFiniteSteps, match="4 non-finite steps in a row.*max_consecutive_nonfinite"):
+    train.run(config, str(tmp_path), data=IndexedSource(config, bad_from=4, bad_until=8))
+  # The last checkpoint before the bad batches (step 4) is intact; the run stopped before step 12's save.
   from lcl_jax import checkpoint
-  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), every_steps=2, keep=3)
-  assert 4 in ckpt.all_steps()
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), every_steps=4, keep=3)
+  assert sorted(ckpt.all_steps()) == [4, 8]
+  ckpt.close()
+
+
+def test_preemption_on_several_processes_is_jaxs_protocol(monkeypatch):
+  """Several processes: the stop step comes from JAX's preemption sync protocol, asked once per step, and no Python
+  SIGTERM handler is installed (it would replace JAX's notifier: no host would hear of the notice; the 2-process
+  SIGTERM run is in test_multihost). A disabled protocol fails at start, in one line."""
+  asked = []
+
+  def sync_point(step):
+    asked.append(step)
+    return step == 7
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(train.multihost_utils, "reached_preemption_sync_point", sync_point)
+  handler = signal.getsignal(signal.SIGTERM)
+  with train.Preemption() as preemption:
+    assert signal.getsignal(signal.SIGTERM) is handler
+    preemption.start(5)
+    assert [preemption.reached(step) for step in (6, 7)] == [False, True]
+  assert asked == [0, 5, 6, 7]
+
+  def disabled(step):
+    raise RuntimeError("Preemption sync manager has not been initialized.")
+  monkeypatch.setattr(train.multihost_utils, "reached_preemption_sync_point", disabled)
+  with pytest.raises(config_checks.ConfigError, match="jax_enable_preemption_service=False"):
+    train.Preemption()

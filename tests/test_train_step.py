@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import common, vitb16_mmc4
-from lcl_jax import models, optim, sharding, train_step as ts
+from lcl_jax import losses, models, optim, sharding, train_step as ts
 from tests import synthetic
 from tests.test_model import tiny_batch, tiny_config
 
@@ -117,11 +117,25 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated.params, by_hand)
 
 
-def test_chunked_lm_head_gives_the_same_step():
-  config, _, _, state, batch, step = setup(sgd=True)
-  chunked_loss = config.loss.copy_and_resolve_references()
-  chunked_loss.lm_loss_chunks = 4
-  want_state, want = jax.jit(step)(state, batch)
-  got_state, got = jax.jit(functools.partial(step, loss_config=chunked_loss))(state, batch)
-  np.testing.assert_allclose(got["generation_loss"], want["generation_loss"], rtol=1e-5)
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_state.params, want_state.params)
+def test_target_only_lm_head_gives_the_dense_loss_and_gradients():
+  """The step's loss (LM head on target positions only) equals the loss from the model's full [B, L, V] logits,
+  and so do the gradients, through the whole model."""
+  config, model, _, state, batch, _ = setup()
+  lc = config.loss.copy_and_resolve_references()
+  lc.lm_block_size = 24  # several blocks per chunk, the last one partial
+
+  def dense(p):
+    out = model.apply({"params": p}, batch, num_chunks=2)
+    con = losses.contrastive_loss(out["v"], out["t"], out["contrastive_valid"], out["logit_scale"],
+                                  max_logit_scale=lc.max_logit_scale)[0]
+    gen = losses.next_token_loss(out["logits"], batch["tokens"], batch["segment_ids"], ST)[0]
+    return lc.contrastive_weight * con + lc.generation_weight * gen
+
+  def targets_only(p):
+    return ts.loss_fn(p, batch, jax.random.key(0), model=model, loss_config=lc, special_tokens=ST, mesh=None,
+                      num_chunks=2)[0]
+
+  want, want_grads = jax.jit(jax.value_and_grad(dense))(state.params)
+  got, got_grads = jax.jit(jax.value_and_grad(targets_only))(state.params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5), got_grads, want_grads)

@@ -11,26 +11,37 @@ Dtype = Any
 ACT = (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_EMBED)
 
 
-def causal_segment_mask(segment_ids):
-  """[B, L] -> bool [B, 1, L, L]: query i sees key j iff j <= i and both are in the same segment."""
-  length = segment_ids.shape[-1]
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
-  causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
-  return (same & causal)[:, None]
+class LMHead(nn.Module):
+  """An untied LM head without bias, [D, V]; `kernel` is exposed for the target-only loss."""
+  width: int
+  vocab_size: int
+  dtype: Dtype
+  param_dtype: Dtype
+
+  def setup(self):
+    self.kernel = self.param("kernel", layers.param_with_axes(layers.default_kernel_init, (axes.EMBED, axes.VOCAB)),
+                             (self.width, self.vocab_size), self.param_dtype)
+
+  def __call__(self, hidden):
+    return jnp.einsum("...d,dv->...v", hidden.astype(self.dtype), self.kernel.astype(self.dtype))
 
 
 class DecoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
+  attention: str
+  interpret: bool
   dtype: Dtype
   param_dtype: Dtype
 
   @nn.compact
-  def __call__(self, x, mask):
-    """(x [B, L, D], mask) -> (x, None), the shape nn.scan wants."""
+  def __call__(self, x, segment_ids):
+    """(x [B, L, D], segment_ids [B, L]) -> (x, None), the shape nn.scan wants."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.layer_norm(**kw, name="ln_attn")(x)
-    x = layers.constrain(x + layers.MultiHeadAttention(self.num_heads, **kw, name="attn")(h, h, mask), ACT)
+    attn = layers.MultiHeadAttention(self.num_heads, kernel=self.attention, causal=True, interpret=self.interpret,
+                                     **kw, name="attn")
+    x = layers.constrain(x + attn(h, h, segment_ids), ACT)
     h = layers.layer_norm(**kw, name="ln_mlp")(x)
     return layers.constrain(x + layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT), ACT), None
 
@@ -50,6 +61,8 @@ class Decoder(nn.Module):
   tie_embeddings: bool = True
   remat: bool = False
   scan_layers: bool = False
+  attention: str = "xla"   # kernel (models/attention.py); causal within each segment
+  interpret: bool = False  # Pallas kernels in interpret mode (CPU tests)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -62,8 +75,7 @@ class Decoder(nn.Module):
         (self.max_len, self.width), self.param_dtype)
     self.ln_final = layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)
     if not self.tie_embeddings:
-      self.lm_head = layers.dense(self.vocab_size, axes.EMBED, axes.VOCAB, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, use_bias=False)
+      self.lm_head = LMHead(self.width, self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def embed(self, tokens):
     """int [B, L] -> [B, L, D]."""
@@ -75,14 +87,20 @@ class Decoder(nn.Module):
       raise ValueError(f"Sequence length {x.shape[1]} exceeds the decoder's max_len {self.max_len}.")
     x = x + jnp.take(self.pos_embed, positions, axis=0).astype(self.dtype)
     x = layers.constrain(x, ACT)
-    mask = causal_segment_mask(segment_ids)
-    x = self._blocks(x, mask)
+    x = self._blocks(x, segment_ids)
     return self.ln_final(x)
 
   @nn.compact
-  def _blocks(self, x, mask):
-    return layers.apply_blocks(DecoderBlock, (self.num_heads, self.mlp_dim, self.dtype, self.param_dtype), x, mask,
-                               depth=self.depth, remat=self.remat, scan=self.scan_layers, per_layer_side=False)
+  def _blocks(self, x, segment_ids):
+    args = (self.num_heads, self.mlp_dim, self.attention, self.interpret, self.dtype, self.param_dtype)
+    return layers.apply_blocks(DecoderBlock, args, x, segment_ids, depth=self.depth, remat=self.remat,
+                               scan=self.scan_layers, per_layer_side=False)
+
+  def head_matrix(self):
+    """The LM head as a [D, V] matrix in the compute dtype (logits = hidden @ head), sharded like the parameter:
+    the target-only loss gathers it once before its loop and reduce-scatters its gradient (losses.py)."""
+    head = self.token_embed.embedding.T if self.tie_embeddings else self.lm_head.kernel
+    return jnp.asarray(head, self.dtype)
 
   def logits(self, hidden):
     """[..., D] -> [..., V] in float32 (the softmax that follows is float32)."""

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lcl_jax import axes
+from lcl_jax.models import attention
 
 Dtype = Any
 default_kernel_init = nn.initializers.xavier_uniform()
@@ -65,17 +66,21 @@ class Projection(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN / XLA kernels).
+  """Multi-head attention through one of the kernels of `attention.py`.
 
-  Queries [..., T, D], keys/values [..., S, D_kv]; `mask` broadcastable to [..., heads, T, S].
+  Queries [..., T, D], keys/values [..., S, D_kv]; `segment_ids` [..., T] (self-attention) limits attention to
+  equal ids, `causal` to earlier positions.
   """
   num_heads: int
   out_features: Optional[int] = None
+  kernel: str = "xla"
+  causal: bool = False
+  interpret: bool = False  # the Pallas kernels on CPU (tests)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_q, x_kv, mask=None):
+  def __call__(self, x_q, x_kv, segment_ids=None):
     width = x_q.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
@@ -89,13 +94,13 @@ class MultiHeadAttention(nn.Module):
       return Projection((x.shape[-1],), heads, (in_axis,), heads_axes, **kw, name=name)(x)
 
     q, k, v = proj("query", x_q), proj("key", x_kv), proj("value", x_kv)
-    # dot_product_attention wants [B, T, N, H]: fold any extra leading dims into B.
+    # The kernels want [B, T, N, H]: fold any extra leading dims into B.
     lead = q.shape[:-3]
     q, k, v = (a.reshape((-1,) + a.shape[-3:]) for a in (q, k, v))
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, lead + (self.num_heads, q.shape[1], k.shape[1]))
-      mask = mask.reshape((-1,) + mask.shape[-3:])
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    if segment_ids is not None:
+      segment_ids = segment_ids.reshape((-1, segment_ids.shape[-1]))
+    out = attention.dot_product_attention(q, k, v, kernel=self.kernel, causal=self.causal, segment_ids=segment_ids,
+                                          interpret=self.interpret)
     out = out.reshape(lead + out.shape[1:])
     return Projection(heads, (self.out_features or width,), heads_axes, (axes.EMBED,), **kw,
                       name="out")(out)
@@ -135,7 +140,7 @@ def apply_blocks(block_cls, block_args, x, side, *, depth, remat, scan, per_laye
   scan=True stacks the blocks' params on a leading `layers` axis and runs them with nn.scan: one compiled body,
   and with remat only each block's input is kept for the backward pass (unrolled remat does not bound memory
   under XLA's schedulers; measured with lcl_jax.plan). `side` is per layer ([depth, ...], e.g. drop rates) when
-  per_layer_side, else the same for every block (e.g. the attention mask).
+  per_layer_side, else the same for every block (e.g. the segment ids).
   """
   # Inside scan the loop already keeps recomputation apart; unrolled, CSE must not merge it back.
   cls = nn.remat(block_cls, prevent_cse=not scan) if remat else block_cls

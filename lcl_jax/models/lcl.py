@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lcl_jax import axes
-from lcl_jax.models import layers
+from lcl_jax.models import attention, layers
 from lcl_jax.models.decoder import Decoder
 from lcl_jax.models.vit import AttentionPool, ViT
 
@@ -56,23 +56,26 @@ def text_before_in_segment(tokens, positions, first_text_id):
 
 
 class LCL(nn.Module):
-  """batch -> dict(logits [B, L, V] f32 | None, hidden [B, L, D_lm], v [N, D_e] f32, t [N, D_e] f32,
-  contrastive_valid [N], logit_scale []). `hidden` lets the loss run the LM head chunk by chunk (`lm_logits`)."""
+  """batch -> dict(logits [B, L, V] f32 | None, hidden [B, L, D_lm], lm_head [D_lm, V], v [N, D_e] f32,
+  t [N, D_e] f32, contrastive_valid [N], logit_scale []). `hidden` and `lm_head` let the loss run the LM head
+  on target positions only (training passes compute_logits=False)."""
   config: Mapping  # the model section of the config (ConfigDict or dict)
 
   def setup(self):
     c = self.config
     dtype, pdtype = jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
     v, d = c["vit"], c["decoder"]
+    vit_kernel, decoder_kernel = attention.resolve(c.get("attention", "auto"), jax.default_backend())
     self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
                    patch_size=v["patch_size"], image_size=v["image_size"],
                    drop_path_rate=v["drop_path_rate"], layerscale_init=v["layerscale_init"],
-                   remat=v["remat"], scan_layers=v["scan_layers"], dtype=dtype, param_dtype=pdtype)
+                   remat=v["remat"], scan_layers=v["scan_layers"], attention=vit_kernel, dtype=dtype,
+                   param_dtype=pdtype)
     self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
     self.decoder = Decoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
                            mlp_dim=d["mlp_dim"], vocab_size=d["vocab_size"], max_len=d["max_len"],
-                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], scan_layers=d["scan_layers"], dtype=dtype,
-                           param_dtype=pdtype)
+                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], scan_layers=d["scan_layers"],
+                           attention=decoder_kernel, dtype=dtype, param_dtype=pdtype)
     self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
     self.context_norm = layers.layer_norm(dtype=dtype, param_dtype=pdtype)
     self.context_proj = layers.dense(c["embed_dim"], axes.EMBED, axes.KV, dtype=dtype,
@@ -85,10 +88,6 @@ class LCL(nn.Module):
     """uint8 [N, H, W, 3] -> (patch latents z [N, K, D_v], pooled v [N, D_e] f32)."""
     z = self.vit(images, deterministic=deterministic)
     return z, self.pool(z).astype(jnp.float32)
-
-  def lm_logits(self, hidden):
-    """Decoder hidden states [..., D_lm] -> float32 logits [..., V]."""
-    return self.decoder.logits(hidden)
 
   def context_vectors(self, tokens, segment_ids, positions, boi_position):
     """Text-only rows -> t [B, D_e] f32 read at `boi_position` [B] (rows like `<s> prompt <boi>`): the decoder as
@@ -130,5 +129,5 @@ class LCL(nn.Module):
     logits = None
     if compute_logits:
       logits = layers.constrain(self.decoder.logits(hidden), (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_VOCAB))
-    return dict(logits=logits, hidden=hidden, v=v, t=t, contrastive_valid=valid,
-                logit_scale=self.logit_scale.astype(jnp.float32))
+    return dict(logits=logits, hidden=hidden, lm_head=self.decoder.head_matrix(), v=v, t=t,
+                contrastive_valid=valid, logit_scale=self.logit_scale.astype(jnp.float32))

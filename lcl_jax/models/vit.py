@@ -30,6 +30,8 @@ class VitBlock(nn.Module):
   mlp_dim: int
   layerscale_init: Optional[float]
   deterministic: bool
+  attention: str
+  interpret: bool
   dtype: Dtype
   param_dtype: Dtype
 
@@ -43,7 +45,8 @@ class VitBlock(nn.Module):
       return layers.drop_path(self, h, drop_rate, self.deterministic)
 
     h = layers.layer_norm(**kw, name="ln_attn")(x)
-    h = layers.MultiHeadAttention(self.num_heads, **kw, name="attn")(h, h)
+    h = layers.MultiHeadAttention(self.num_heads, kernel=self.attention, interpret=self.interpret, **kw,
+                                  name="attn")(h, h)
     x = layers.constrain(x + branch(h, "attn"), ACT)
     h = layers.layer_norm(**kw, name="ln_mlp")(x)
     h = layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT)
@@ -62,6 +65,8 @@ class ViT(nn.Module):
   layerscale_init: Optional[float] = 0.1
   remat: bool = False
   scan_layers: bool = False
+  attention: str = "xla"   # kernel (models/attention.py); no mask: every patch sees every patch
+  interpret: bool = False  # Pallas kernels in interpret mode (CPU tests)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -88,7 +93,8 @@ class ViT(nn.Module):
 
     # Stochastic depth rises linearly with depth to drop_path_rate at the last block.
     rates = jnp.linspace(0.0, self.drop_path_rate, self.depth) if self.depth > 1 else jnp.zeros((1,))
-    block_args = (self.num_heads, self.mlp_dim, self.layerscale_init, deterministic, self.dtype, self.param_dtype)
+    block_args = (self.num_heads, self.mlp_dim, self.layerscale_init, deterministic, self.attention, self.interpret,
+                  self.dtype, self.param_dtype)
     x = layers.apply_blocks(VitBlock, block_args, x, rates, depth=self.depth, remat=self.remat,
                             scan=self.scan_layers, per_layer_side=True)
     return layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
