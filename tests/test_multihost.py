@@ -82,6 +82,7 @@ def _config():
 def _scalars(workdir, last_file_only=False):
   """{(tag, step): value} of process 0's TensorBoard events (those of its last run only, if asked)."""
   from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
   files = sorted(glob.glob(str(workdir / "events.out.tfevents.*")))  # names start with the creation time
   out = {}
   for path in files[-1:] if last_file_only else files:
@@ -89,7 +90,10 @@ def _scalars(workdir, last_file_only=False):
     acc.Reload()
     for tag in acc.Tags()["tensors"]:
       for e in acc.Tensors(tag):
-        out[(tag, e.step)] = float(np.asarray(e.tensor_proto.float_val or e.tensor_proto.double_val or [0])[0])
+        value = tensor_util.make_ndarray(e.tensor_proto)  # scalars arrive packed in tensor_content
+        if value.ndim == 0 and value.dtype.kind in "fiu":
+          out[(tag, e.step)] = float(value)
+  assert out, f"no scalars in {workdir}"
   return out
 
 
@@ -187,12 +191,21 @@ def test_two_processes_match_one_over_the_same_global_batches(tmp_path, demo_dir
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   one, two = _final_params(workdir, STEPS), _final_params(straight, STEPS)
   assert set(one) == set(two)
-  # Adam turns round-off in gradients that are ~0 (e.g. attention key biases, which softmax ignores) into updates
-  # of up to ~lr/10; everything else agrees far more tightly.
+  # The same batches, the same programs; only the cross-device sums differ in order (gloo between processes, XLA's
+  # in-process all-reduce in one), which moves the last bit of the loss from step 1 on. Adam's first steps turn
+  # such round-off in gradients that are ~0 (attention key biases, which softmax ignores) into updates of up to
+  # ~lr, and the rest drifts by far less than one update (lr = 1e-3 here).
+  a, b = _scalars(workdir), _scalars(straight)
+  losses = np.array([[a[("loss", s)], b[("loss", s)]] for s in range(1, STEPS + 1)])
+  assert abs(losses[0, 0] - losses[0, 1]) <= 2e-7 * abs(losses[0, 1]), losses[0]  # same params: round-off only
+  np.testing.assert_allclose(losses[:, 0], losses[:, 1], rtol=1e-4)
+  for key in ("num_valid_images", "num_text_targets", "data/rows"):
+    assert all(a[(key, s)] == b[(key, s)] for s in range(1, STEPS + 1)), key  # the same global batches
   diffs = np.concatenate([np.abs(two[k] - one[k]).ravel() for k in one])
-  print(f"\n2 processes vs 1 over the same global batches: params max |diff| {diffs.max():.2e}, median "
-        f"{np.median(diffs):.2e}")
-  assert diffs.max() < 1e-4 and np.median(diffs) < 1e-7, (diffs.max(), np.median(diffs))
+  print(f"\n2 processes vs 1 over the same global batches: loss at step 1 {losses[0, 0]:.7f} vs {losses[0, 1]:.7f}, "
+        f"largest relative loss gap {np.max(np.abs(losses[:, 0] / losses[:, 1] - 1)):.1e}; params max |diff| "
+        f"{diffs.max():.2e}, median {np.median(diffs):.2e}")
+  assert diffs.max() < 3e-3 and np.median(diffs) < 1e-5, (diffs.max(), np.median(diffs))
 
 
 def test_a_two_process_checkpoint_restores_on_one_process(straight, caplog):
