@@ -13,9 +13,10 @@ VIT_SIZES = {
     "H": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
 }
 
-# Special token ids reserved at the front of every tokenizer (method.md section 1).
-# data_pipelines.tokenizer checks a trained SentencePiece model against these.
-SPECIAL_TOKENS = dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5)
+# Special token ids reserved at the front of every tokenizer (method.md section 1): six control pieces, then <unk>.
+# Text ids start after the largest: no special id is text (a generation target or contrastive context), except that
+# <boi> and </s> are generation targets by rule. data_pipelines.tokenizer checks a trained SentencePiece model.
+SPECIAL_TOKENS = dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5, unk=6)
 
 # SentencePiece vocabulary assumed by the full-size configs (OPT-125M itself used 50272 BPE ids).
 DEFAULT_VOCAB_SIZE = 32000
@@ -80,8 +81,8 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   # ids (decoder), CPU xla; or name one: xla (every platform), splash, triton, cudnn.
   c.attention = "auto"
   c.special_tokens = dict(SPECIAL_TOKENS)
-  # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment
-  # (method.md section 4). False reproduces the authors' code (only <boi> at position 0 excluded).
+  # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment (method.md section 4).
+  # False: the authors' rule, only a <boi> with nothing but its segment's <s> before it is excluded (models/lcl.py).
   c.require_text_context = True
   return c
 
@@ -90,7 +91,7 @@ def loss_config(contrastive_weight=0.1, generation_weight=1.0):
   c = ml_collections.ConfigDict()
   c.contrastive_weight = contrastive_weight  # lambda; 0 switches L_con off (generation-only)
   c.generation_weight = generation_weight    # 0 switches L_gen off (contrastive-only)
-  c.max_logit_scale = 4.605170249938965      # log(100): the scale is clamped here
+  c.max_logit_scale = 4.605170249938965      # log(100): the parameter is clamped to [0, this] after each update
   # The LM head runs only on target positions, sorted to the front of each chunk and taken in blocks of this many
   # positions (logits [chunks, block, V] are the only vocabulary-sized buffer; compute ~ targets rounded up to a block).
   c.lm_block_size = 512
@@ -184,8 +185,12 @@ def optim_config(*, peak_lr, total_steps, warmup_steps):
   c.b2 = 0.95
   c.eps = 1e-8
   c.weight_decay = 0.1                 # not on biases, norms, positions, logit scale, pooling query
-  c.grad_clip_norm = 1.0               # global-norm clipping (0: off)
-  c.grad_accum_steps = 1               # micro-batches per step (see lcl_jax/train_step.py on negatives)
+  # Global-norm clipping, 0: off, as in the paper (tables 7 and 9). Set 1.0 when the loss spikes: bfloat16 runs
+  # at a high LR, batches far below the paper's, or a resumed run that diverges.
+  c.grad_clip_norm = 0.0
+  # Micro-batches per step: the same loss and gradients as the whole batch, with one micro-batch of activations
+  # at a time plus one extra forward per micro-batch (gradient caching, lcl_jax/train_step.py).
+  c.grad_accum_steps = 1
   c.max_consecutive_nonfinite = 10     # stop after this many skipped (non-finite) steps in a row
   return c
 

@@ -16,7 +16,7 @@ from data_pipelines.errors import DataSetupError
 
 SPECIAL_PIECES = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "boi": "<boi>", "eoi": "<eoi>", "img": "<img>"}
 UNK_PIECE = "<unk>"
-UNK_ID = max(SPECIAL_TOKENS.values()) + 1  # first id after the reserved block
+UNK_ID = SPECIAL_TOKENS["unk"]  # right after the control pieces
 _SEED = 0
 # Web paragraphs are long; SentencePiece silently skips lines longer than this many bytes.
 _MAX_SENTENCE_BYTES = 1 << 14
@@ -33,15 +33,18 @@ class Tokenizer:
       self.serialized_model = f.read()  # also what tf_text.SentencepieceTokenizer takes, for in-graph use
     self._sp = spm.SentencePieceProcessor(model_proto=self.serialized_model)
     self.path = path
-    for name, want in SPECIAL_TOKENS.items():
-      got = self._sp.piece_to_id(SPECIAL_PIECES[name])
-      if self._sp.id_to_piece(want) != SPECIAL_PIECES[name] or got != want or not self._sp.is_control(want):
+    for name, piece in SPECIAL_PIECES.items():
+      want = SPECIAL_TOKENS[name]
+      got = self._sp.piece_to_id(piece)
+      if self._sp.id_to_piece(want) != piece or got != want or not self._sp.is_control(want):
         raise DataSetupError(
-            f"Tokenizer {path}: special token {name} must be control piece {SPECIAL_PIECES[name]!r} at id {want} "
+            f"Tokenizer {path}: special token {name} must be control piece {piece!r} at id {want} "
             f"(configs.common.SPECIAL_TOKENS), but id {want} is {self._sp.id_to_piece(want)!r} and the piece has "
             f"id {got}. Train it with data_pipelines.train_tokenizer.")
-    if self._sp.unk_id() in SPECIAL_TOKENS.values():
-      raise DataSetupError(f"Tokenizer {path}: <unk> id {self._sp.unk_id()} collides with a special token id.")
+    if self._sp.unk_id() != UNK_ID:
+      raise DataSetupError(f"Tokenizer {path}: <unk> has id {self._sp.unk_id()}, but lcl_jax reserves id {UNK_ID} "
+                           "for it (neither a generation target nor contrastive context). Train it with "
+                           "data_pipelines.train_tokenizer.")
     self.pad_id = SPECIAL_TOKENS["pad"]
     self.bos_id = SPECIAL_TOKENS["bos"]
     self.eos_id = SPECIAL_TOKENS["eos"]
@@ -50,7 +53,7 @@ class Tokenizer:
     self.img_id = SPECIAL_TOKENS["img"]
     self.unk_id = self._sp.unk_id()
     self.vocab_size = self._sp.get_piece_size()
-    self._special_ids = frozenset(SPECIAL_TOKENS.values())
+    self._special_ids = frozenset(SPECIAL_TOKENS[name] for name in SPECIAL_PIECES)  # decode keeps <unk>
 
   def encode(self, text: str) -> list[int]:
     """Text -> piece ids, no <s>/</s> added (the row builder owns the sequence layout). Never returns ids 0-5."""

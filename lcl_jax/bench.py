@@ -106,8 +106,7 @@ def component_seconds(config, state, batch, num_chunks, steps):
                                              num_chunks=num_chunks, block_size=config.loss.lm_block_size)[0]
 
   def contrastive(v, t, scale):
-    return losses.contrastive_loss(v, t, out["contrastive_valid"], scale,
-                                   max_logit_scale=config.loss.max_logit_scale)[0]
+    return losses.contrastive_loss(v, t, out["contrastive_valid"], scale)[0]
 
   return {
       "vit": _time(jax.jit(jax.grad(vit)), params, steps=steps),

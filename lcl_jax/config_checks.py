@@ -40,5 +40,8 @@ def check(config, *, num_data_shards: int) -> None:
     attention.resolve(m.attention, jax.default_backend())
   except attention.KernelUnavailable as e:
     raise ConfigError(str(e)) from None
+  if config.loss.lm_block_size < 1:
+    raise ConfigError(f"config.loss.lm_block_size={config.loss.lm_block_size} must be a positive number of "
+                      "positions (default 512; it need not divide the sequence).")
   if config.optim.total_steps <= 0:
     raise ConfigError(f"config.optim.total_steps={config.optim.total_steps} must be positive.")

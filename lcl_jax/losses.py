@@ -45,17 +45,17 @@ def _contrastive_sums(v, t, valid, v_all, t_all, valid_all, row_offset, scale):
               hit_i2t=jnp.sum(w * hit_i2t), hit_t2i=jnp.sum(w * hit_t2i), count=jnp.sum(w))
 
 
-def contrastive_loss(v, t, valid, logit_scale, *, max_logit_scale: float,
-                     mesh: Optional[Mesh] = None, data_axes: Sequence[str] = ("data", "fsdp")):
+def contrastive_loss(v, t, valid, logit_scale, *, mesh: Optional[Mesh] = None,
+                     data_axes: Sequence[str] = ("data", "fsdp")):
   """Bidirectional InfoNCE between v and t over every valid image of the global batch.
 
-  v, t [N, D] (any float dtype; computed in float32), valid bool [N], logit_scale [] (log of the scale,
-  clamped at max_logit_scale). Invalid slots are neither anchors nor negatives.
-  Returns (loss, metrics); loss is the mean over valid images (0 when there are none).
+  v, t [N, D] (any float dtype; computed in float32), valid bool [N], logit_scale [] (log of the scale, used as it
+  is: the train step clamps the parameter after each update, `clamp_logit_scale`). Invalid slots are neither
+  anchors nor negatives. Returns (loss, metrics); loss is the mean over valid images (0 when there are none).
   """
   v = _l2_normalize(v.astype(jnp.float32))
   t = _l2_normalize(t.astype(jnp.float32))
-  scale = jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), max_logit_scale))
+  scale = jnp.exp(logit_scale.astype(jnp.float32))
 
   if mesh is None or all(mesh.shape[a] == 1 for a in data_axes):
     sums = _contrastive_sums(v, t, valid, v, t, valid, 0, scale)
@@ -80,11 +80,20 @@ def contrastive_loss(v, t, valid, logit_scale, *, max_logit_scale: float,
   return loss, metrics
 
 
+def clamp_logit_scale(params, max_logit_scale: float):
+  """The authors' clamp of the logit-scale parameter to [0, max_logit_scale] after each update (scale 1 to 100).
+  Clamping the parameter, not its use in the loss, keeps the gradient live at the bound: a value there still
+  moves under a gradient that lowers it (a forward `min(s, max)` has gradient 0 above the bound, for ever)."""
+  if "logit_scale" not in params:
+    return params
+  return dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, max_logit_scale))
+
+
 def generation_targets(tokens, segment_ids, special_tokens):
   """Next-token targets and weights for [B, L] inputs -> (targets [B, L-1], weights f32 [B, L-1]).
 
   A target counts when it is a text token, `<boi>` or `</s>` in the same segment as the token predicting it;
-  `<img>`, `<eoi>`, `<pad>` (and `<s>`) targets weigh zero.
+  `<img>`, `<eoi>`, `<pad>`, `<s>` and `<unk>` targets weigh zero (text ids start after every special id).
   """
   targets = tokens[:, 1:]
   first_text_id = max(special_tokens.values()) + 1
@@ -197,7 +206,7 @@ _target_nll_sum.defvjp(_target_nll_sum_fwd, _target_nll_sum_bwd)
 
 
 def next_token_loss_on_targets(hidden, head, tokens, segment_ids, special_tokens, *, num_chunks: int = 1,
-                               block_size: int = 512):
+                               block_size: int = 512, num_targets=None):
   """next_token_loss with the LM head, softmax and loss computed only where there is a target.
 
   hidden [B, L, D] (position i predicts token i + 1), head [D, V] (logits = hidden @ head), tokens /
@@ -205,7 +214,8 @@ def next_token_loss_on_targets(hidden, head, tokens, segment_ids, special_tokens
   sorted to the front and processed in blocks of `block_size` positions, as many blocks as the fullest chunk
   needs: static shapes, compute proportional to the targets (plus at most one partial block per chunk), and never
   more than one block's [C, bs, V] logits in memory. Equals next_token_loss on the full logits (values and
-  gradients; the logits accumulate in float32).
+  gradients; the logits accumulate in float32). `num_targets`: the loss's denominator, by default this batch's
+  target count; gradient accumulation passes the whole batch's, so that micro-batch losses add up to its mean.
   """
   b, length, _ = hidden.shape
   if b % num_chunks:
@@ -222,7 +232,7 @@ def next_token_loss_on_targets(hidden, head, tokens, segment_ids, special_tokens
   h = hidden.reshape(num_chunks, -1, hidden.shape[-1])
   total = _target_nll_sum(h, head.astype(hidden.dtype), tgt, w, order, active, block_size)
   count = jnp.sum(weights)
-  loss = total / jnp.maximum(count, 1.0)
+  loss = total / jnp.maximum(count if num_targets is None else num_targets, 1.0)
   computed = (active * block_size * num_chunks).astype(jnp.float32)
   return loss, dict(generation_loss=loss, num_text_targets=count, lm_head_positions=computed)
 
@@ -237,23 +247,29 @@ def lm_head_positions(tokens, segment_ids, special_tokens, *, num_chunks: int, b
   return blocks * block_size * num_chunks, int(per_chunk.sum())
 
 
+def generation_loss(outputs, batch, loss_config, special_tokens, *, num_chunks: int = 1, num_targets=None):
+  """w_gen * L_gen from the model outputs (`hidden` and `lm_head`), the LM head on target positions only.
+  -> (weighted loss, metrics); (0, {}) when the generation weight is 0."""
+  if not loss_config["generation_weight"]:
+    return jnp.zeros((), jnp.float32), {}
+  gen, metrics = next_token_loss_on_targets(outputs["hidden"], outputs["lm_head"], batch["tokens"],
+                                            batch["segment_ids"], special_tokens, num_chunks=num_chunks,
+                                            block_size=loss_config["lm_block_size"], num_targets=num_targets)
+  return loss_config["generation_weight"] * gen, metrics
+
+
 def lcl_loss(outputs, batch, loss_config, special_tokens, *, mesh=None, data_axes=("data", "fsdp"),
              num_chunks: int = 1):
-  """L = lambda * L_con + w_gen * L_gen from the model outputs (`hidden` and `lm_head` for the LM term).
+  """L = lambda * L_con + w_gen * L_gen from the model outputs.
 
   A weight of 0 switches its term off (the paper's two ablations). The contrastive metrics are reported
   either way (they are cheap and show the generation-only collapse); the LM head runs only when the generation
-  weight is non-zero, and then only on target positions (next_token_loss_on_targets).
+  weight is non-zero (generation_loss).
   """
   con, metrics = contrastive_loss(outputs["v"], outputs["t"], outputs["contrastive_valid"],
-                                  outputs["logit_scale"], max_logit_scale=loss_config["max_logit_scale"],
-                                  mesh=mesh, data_axes=data_axes)
-  total = loss_config["contrastive_weight"] * con
-  if loss_config["generation_weight"]:
-    gen, m = next_token_loss_on_targets(outputs["hidden"], outputs["lm_head"], batch["tokens"],
-                                        batch["segment_ids"], special_tokens, num_chunks=num_chunks,
-                                        block_size=loss_config["lm_block_size"])
-    total = total + loss_config["generation_weight"] * gen
-    metrics.update(m)
+                                  outputs["logit_scale"], mesh=mesh, data_axes=data_axes)
+  gen, m = generation_loss(outputs, batch, loss_config, special_tokens, num_chunks=num_chunks)
+  total = loss_config["contrastive_weight"] * con + gen
+  metrics.update(m)
   metrics["loss"] = total
   return total, metrics

@@ -116,6 +116,13 @@ def main(argv):
     exit_with(e, 1)
 
 
+# Keys that were renamed or replaced: an old command line gets the new key, not just the list of known ones.
+RENAMED_KEYS = {
+    "loss.lm_loss_chunks": "config.loss.lm_block_size (the LM head runs on target positions only, in blocks of "
+                           "this many positions; any positive value works, it need not divide the sequence)",
+}
+
+
 def unknown_override(argv) -> str | None:
   """The first `--config.a.b=v` whose key the config does not have, as a message; None if all exist."""
   import importlib.util
@@ -136,6 +143,9 @@ def unknown_override(argv) -> str | None:
       if not hasattr(node, "keys") or key not in node:
         known = sorted(node.keys()) if hasattr(node, "keys") else []
         where = "config" + "".join(f".{k}" for k in keys[:depth])
+        renamed = RENAMED_KEYS.get(".".join(keys[:depth + 1]))
+        if renamed:
+          return f"Unknown config key in {a!r}: {where}.{key} was replaced by {renamed}."
         return f"Unknown config key in {a!r}: {where} has no {key!r}. Known keys there: {known}."
       node = node[key]
   return None

@@ -1,5 +1,5 @@
 """The paper's optimiser (method.md section 5): AdamW (0.9, 0.95) with a weight-decay mask, linear warm-up then
-cosine decay, global-norm clipping."""
+cosine decay, optional global-norm clipping (off in the paper)."""
 import jax
 import optax
 
@@ -32,3 +32,13 @@ def make_optimizer(optim_config):
       optax.clip_by_global_norm(c.grad_clip_norm) if c.grad_clip_norm else optax.identity(),
       optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps,
                   weight_decay=c.weight_decay, mask=decay_mask))
+
+
+def schedule_count(opt_state):
+  """The count the learning-rate schedule of make_optimizer reads: the optimizer's own, which a skipped
+  (non-finite) step does not advance, unlike the train state's step."""
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+  if len(states) != 1:
+    raise ValueError(f"expected one learning-rate schedule in the optimizer state, found {len(states)}")
+  return states[0].count

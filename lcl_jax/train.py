@@ -240,7 +240,8 @@ def _train(config, workdir, mesh, data, preemption):
     if config.get("profile") and jax.process_index() == 0:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
     # The LM head's share depends on the batch (it runs on target positions): MFU counts the positions it computed,
-    # useful_mfu those with a target, both read with the logged metrics (per micro-batch, hence x accum).
+    # useful_mfu those with a target, both read with the logged metrics (whole-batch counts). As with remat, the
+    # extra forward of gradient accumulation (lcl_jax/train_step.py) is not model FLOPs.
     generation = bool(config.loss.generation_weight)
     body_flops = metrics_lib.model_flops_per_step(config.model, rows=rows, image_slots=image_slots, seq_len=seq_len,
                                                   generation=False)
@@ -280,7 +281,7 @@ def _train(config, workdir, mesh, data, preemption):
           now = time.perf_counter()
           sec_per_step = (now - last_time) / max(step - last_step, 1)
           last_time, last_step = now, step
-          mfu = lambda key: ((body_flops + lm_flops(done[1].get(key, 0.0) * accum))
+          mfu = lambda key: ((body_flops + lm_flops(done[1].get(key, 0.0)))
                              / (sec_per_step * mesh.size * peak))
           writer.write_scalars(done[0], dict(
               done[1], steps_per_sec=1 / sec_per_step,

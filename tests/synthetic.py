@@ -55,11 +55,11 @@ def make_batch(rng, *, num_chunks, rows_per_chunk, images_per_chunk, seq_len, pa
   return batch, owner
 
 
-def np_contrastive(v, t, valid, logit_scale, max_logit_scale):
+def np_contrastive(v, t, valid, logit_scale):
   """Dense global reference: masked bidirectional InfoNCE, mean over valid anchors."""
   v = v / np.linalg.norm(v, axis=-1, keepdims=True)
   t = t / np.linalg.norm(t, axis=-1, keepdims=True)
-  s = np.exp(min(logit_scale, max_logit_scale))
+  s = np.exp(logit_scale)
   idx = np.flatnonzero(valid)
   if idx.size == 0:
     return 0.0

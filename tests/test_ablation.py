@@ -37,10 +37,18 @@ def test_quick_study_writes_complete_table_and_picture(tmp_path):
       # The shared evaluation at initialisation and the one at the last step (--quick evaluates once).
       assert [s for s, _ in curve] == [0, steps], (run["variant"], key, curve)
 
+    # The training loop's contrastive scalars, every logged step, at a batch of >= 128 valid pairs (the study's).
+    assert [s for s, _ in run["train"]["contrastive_loss"]] == list(range(1, steps + 1)), run["train"]
+    assert run["contrastive"]["valid_pairs_min"] >= 128, run["contrastive"]
+    c = run["contrastive"]
+    assert 0 < c["chance_acc"] < 1 / 100 and c["chance_loss"] > math.log(128) and math.isfinite(c["loss"])
+  assert sorted(results["contrastive"]) == sorted(names)
+
   md = (tmp_path / "results.md").read_text()
   for v in ablation.VARIANTS:
     assert v.label in md
   for m in ablation.METRICS:
     assert m.label in md
+  assert "chance accuracy" in md
   png = (tmp_path / "ablation.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000

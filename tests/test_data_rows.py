@@ -88,7 +88,7 @@ def test_placement_values_match_the_reader_schema():
 
 
 def test_image_span_uses_the_special_ids():
-  assert SPECIAL_TOKENS == dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5)
+  assert SPECIAL_TOKENS == dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5, unk=6)
   assert rows.image_span(TOK, 3) == [3, 5, 5, 5, 4]
 
 

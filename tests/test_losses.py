@@ -20,7 +20,7 @@ def _inputs(seed, n=32, d=16):
 
 
 def _loss(v, t, valid, s, mesh=None):
-  return losses.contrastive_loss(v, t, valid, s, max_logit_scale=MAX_SCALE, mesh=mesh)[0]
+  return losses.contrastive_loss(v, t, valid, s, mesh=mesh)[0]
 
 
 def _np_grad(f, x, eps=1e-3):
@@ -39,7 +39,7 @@ def test_contrastive_matches_numpy_with_excluded_images(seed):
   v, t, valid = _inputs(seed)
   s = np.float32(np.log(1 / 0.07))
   ours = float(_loss(v, t, valid, s))
-  ref = synthetic.np_contrastive(v, t, valid, s, MAX_SCALE)
+  ref = synthetic.np_contrastive(v, t, valid, s)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   # Changing an excluded slot changes nothing: it is neither anchor nor negative.
   v2 = v.copy()
@@ -51,20 +51,32 @@ def test_contrastive_gradient_matches_numpy():
   v, t, valid = _inputs(3, n=10, d=4)
   s = np.float32(1.5)
   gv, gt, gs = jax.grad(_loss, argnums=(0, 1, 3))(v, t, valid, s)
-  ref_v = _np_grad(lambda x: synthetic.np_contrastive(x, t, valid, s, MAX_SCALE), v)
-  ref_t = _np_grad(lambda x: synthetic.np_contrastive(v, x, valid, s, MAX_SCALE), t)
-  ref_s = _np_grad(lambda x: synthetic.np_contrastive(v, t, valid, float(x), MAX_SCALE), np.asarray(s, np.float64))
+  ref_v = _np_grad(lambda x: synthetic.np_contrastive(x, t, valid, s), v)
+  ref_t = _np_grad(lambda x: synthetic.np_contrastive(v, x, valid, s), t)
+  ref_s = _np_grad(lambda x: synthetic.np_contrastive(v, t, valid, float(x)), np.asarray(s, np.float64))
   np.testing.assert_allclose(gv, ref_v, atol=1e-5)
   np.testing.assert_allclose(gt, ref_t, atol=1e-5)
   np.testing.assert_allclose(gs, ref_s, atol=1e-5)
   assert np.all(gv[~valid] == 0) and np.all(gt[~valid] == 0)
 
 
-def test_logit_scale_is_clamped():
+def test_logit_scale_stays_live_at_its_bound():
+  """The loss uses the parameter as it is (no forward clamp whose gradient is 0 above the bound); the clamp is on
+  the parameter after each update, so a value pushed over the bound comes back, and moves down from the bound
+  under a gradient that lowers it."""
   v, t, valid = _inputs(4)
-  loss_at_max = float(_loss(v, t, valid, np.float32(MAX_SCALE)))
-  np.testing.assert_allclose(float(_loss(v, t, valid, np.float32(MAX_SCALE + 2))), loss_at_max, rtol=1e-6)
-  assert float(jax.grad(_loss, argnums=3)(v, t, valid, np.float32(MAX_SCALE + 2))) == 0.0
+  above = np.float32(MAX_SCALE + 0.4)
+  assert float(jax.grad(_loss, argnums=3)(v, t, valid, above)) != 0.0
+  params = dict(logit_scale=jnp.float32(above), other=jnp.ones(3))
+  clamped = losses.clamp_logit_scale(params, MAX_SCALE)
+  np.testing.assert_allclose(float(clamped["logit_scale"]), MAX_SCALE, rtol=1e-7)
+  np.testing.assert_array_equal(clamped["other"], params["other"])
+  assert float(losses.clamp_logit_scale(dict(logit_scale=jnp.float32(-1.0)), MAX_SCALE)["logit_scale"]) == 0.0
+  # Gradient descent on a loss that wants a smaller scale, from the bound: the parameter leaves it.
+  s = jnp.float32(MAX_SCALE)
+  for _ in range(3):
+    s = losses.clamp_logit_scale(dict(logit_scale=s - 0.1 * jax.grad(lambda x: x ** 2)(s)), MAX_SCALE)["logit_scale"]
+  assert float(s) < MAX_SCALE - 0.5
 
 
 def test_no_valid_images_gives_zero_not_nan():
@@ -114,12 +126,13 @@ def test_next_token_loss_matches_numpy_and_target_rules():
 def test_target_weights_by_kind():
   st = common.SPECIAL_TOKENS
   text = max(st.values()) + 1
+  assert text == st["unk"] + 1  # <unk> is not text
   tokens = np.array([[st["bos"], text, st["boi"], st["img"], st["img"], st["eoi"], text, st["eos"],
-                      st["bos"], text, st["eos"], st["pad"]]], np.int32)
-  segs = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 0]], np.int32)
+                      st["bos"], text, st["unk"], text, st["eos"], st["pad"]]], np.int32)
+  segs = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0]], np.int32)
   targets, weights = losses.generation_targets(tokens, segs, st)
-  # Targets:        text boi img img eoi text eos  <s>(new segment) text eos pad
-  expected = np.array([[1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 0]], np.float32)
+  # Targets:        text boi img img eoi text eos  <s>(new segment) text unk text eos pad
+  expected = np.array([[1, 1, 0, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0]], np.float32)
   np.testing.assert_array_equal(np.asarray(weights), expected)
 
 

@@ -9,6 +9,8 @@ import resource
 import subprocess
 import sys
 
+from lcl_jax import main
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -91,3 +93,6 @@ def test_bad_config_fails_at_start_with_the_key_to_fix_in_one_line(tmp_path, dem
   assert "Traceback" not in log and "Config:" not in log
   rc, log = _main(tmp_path / "w", demo_cache_dir, extra=["--config.optim.peak_lrr=1"])
   assert rc == 2 and "config.optim has no 'peak_lrr'" in _last_line(log) and "Traceback" not in log
+  # A replaced key names its successor (checked in-process: the same function main calls on a bad override).
+  message = main.unknown_override(["--config=configs/vitb16_mmc4.py:runlocal", "--config.loss.lm_loss_chunks=3"])
+  assert "config.loss.lm_loss_chunks was replaced by config.loss.lm_block_size" in message, message

@@ -143,22 +143,31 @@ def test_contrastive_validity_rules(require_text_context):
   model = models.LCL(config)
   text = synthetic.FIRST_TEXT
   span = [ST["boi"]] + [ST["img"]] * K + [ST["eoi"]]
-  # Segment 1: image right after <s> (no context), then text, then an image with context.
-  # Segment 2: <boi> at the very start of its segment (position 0).
-  row = [ST["bos"]] + span + [text, text] + span + [ST["eos"]] + span + [text, ST["eos"]]
-  length = len(row) + 2
-  seg = [1] * (len(span) * 2 + 4) + [2] * (len(span) + 2)
-  pos = list(range(len(span) * 2 + 4)) + list(range(len(span) + 2))
+  segments = [
+      [ST["bos"]] + span + span + [text, ST["eos"]],  # A right after <s>, then B after A only (no text)
+      [ST["bos"], ST["unk"]] + span + [text, ST["eos"]],  # C after <unk>: not text
+      span + [text, ST["eos"]],                            # D at position 0 of its segment
+      [ST["bos"], text] + span + [ST["eos"]],            # E after text
+      [ST["bos"]] + span + [text, ST["eos"]],              # F: an image-first LAION pair packed after the others
+  ]
+  row, seg, pos = [], [], []
+  for i, tokens in enumerate(segments):
+    row += tokens
+    seg += [i + 1] * len(tokens)
+    pos += list(range(len(tokens)))
   batch = dict(tokens=np.array([row + [0, 0]], np.int32), segment_ids=np.array([seg + [0, 0]], np.int32),
                positions=np.array([pos + [0, 0]], np.int32),
-               images=np.zeros((4, 16, 16, 3), np.uint8), image_valid=np.array([True, True, True, False]))
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch)["params"])
-  valid = np.asarray(run(model, params, batch, num_chunks=1)["contrastive_valid"])
-  if require_text_context:
-    np.testing.assert_array_equal(valid, [False, True, False, False])
-  else:  # the authors' rule: only a <boi> at position 0 of its segment is excluded
-    np.testing.assert_array_equal(valid, [True, True, False, False])
-  del length
+               images=np.zeros((7, 16, 16, 3), np.uint8), image_valid=np.array([True] * 6 + [False]))
+  params = nn.unbox(jax.jit(lambda b: model.init(jax.random.key(0), b))(batch)["params"])
+  out = run(model, params, batch, num_chunks=1)
+  valid = np.asarray(out["contrastive_valid"])
+  #                                     A      B      C      D      E     F      (unused slot)
+  if require_text_context:  # >= 1 text token before the <boi> in its segment
+    np.testing.assert_array_equal(valid, [False, False, False, False, True, False, False])
+  else:  # the authors' rule: only a <boi> with nothing before it but its segment's <s> is excluded
+    np.testing.assert_array_equal(valid, [False, True, True, False, True, False, False])
+  # A and F see the same context (<s> alone): identical t, a false negative of each other if both were kept.
+  np.testing.assert_allclose(out["t"][0], out["t"][5], atol=1e-5)
 
 
 def test_shapes_never_depend_on_data(model_and_params):

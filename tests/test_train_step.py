@@ -3,6 +3,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -92,29 +93,101 @@ def test_sharded_step_matches_single_device(mesh_spec):
     got_state, got = jax.jit(sharded_step, in_shardings=(state_sharding, sharding.data_sharding(mesh)),
                              out_shardings=(state_sharding, None))(state, batch)
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=2e-5)
+  # SGD at rate 1: the params' difference is the gradients' (accumulation steps A = 1 on this mesh).
+  diff = max(jax.tree.leaves(jax.tree.map(lambda g, w: float(np.max(np.abs(g - w))), got_state.params,
+                                          want_state.params)))
+  print(f"{mesh_spec}, A = 1: largest |sharded - single-device| gradient {diff:.2e}")
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-5), got_state.params, want_state.params)
   # Large params really are split over fsdp.
   kernel = got_state.params["decoder"]["block_0"]["mlp"]["fc1"]["kernel"]
   assert kernel.sharding.spec[0] == "fsdp"
 
 
-def test_gradient_accumulation_averages_micro_batch_gradients():
-  _, model, tx, state, batch, step = setup(num_chunks=4, sgd=True)
+def test_micro_batch_split_is_per_shard_and_merge_inverts_it():
+  batch, _ = tiny_batch(num_chunks=4)
   # 4 chunks = 2 data shards x 2 micro-batches; micro-batch m = chunk m of each shard's 2 chunks.
   micro = ts.split_micro_batches(batch, 2, 2)
   rows = batch["tokens"].shape[0] // 4
   np.testing.assert_array_equal(micro["tokens"][1][:rows], batch["tokens"][rows:2 * rows])
   np.testing.assert_array_equal(micro["tokens"][1][rows:], batch["tokens"][3 * rows:])
-  accumulated, _ = jax.jit(functools.partial(step, num_chunks=2, accum_steps=2))(state, batch)
-  # Same update by hand: mean of the two micro-batch gradients.
-  grad = jax.jit(jax.grad(lambda p, b, r: ts.loss_fn(p, b, r, model=model, loss_config=step.keywords["loss_config"],
-                                             special_tokens=ST, mesh=None, num_chunks=2)[0]))
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
-  g = jax.tree.map(lambda a, b: (a + b) / 2, *[grad(state.params, jax.tree.map(lambda x: x[m], micro),
-                                                    jax.random.fold_in(rng, m)) for m in range(2)])
-  updates, _ = tx.update(g, state.opt_state, state.params)
-  by_hand = optax.apply_updates(state.params, updates)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated.params, by_hand)
+  for key, x in batch.items():
+    np.testing.assert_array_equal(ts.merge_micro_batches(micro[key], 2, 2), x)
+
+
+def _whole_batch(model, loss_config, params, batch, num_chunks):
+  """Loss, metrics and gradients of one unaccumulated step over the whole batch on one device."""
+  fn = functools.partial(ts.loss_fn, model=model, loss_config=loss_config, special_tokens=ST, mesh=None,
+                         num_chunks=num_chunks)
+  (_, metrics), grads = jax.jit(jax.value_and_grad(fn, has_aux=True))(params, batch, jax.random.key(0))
+  return metrics, grads
+
+
+@pytest.mark.parametrize("accum_steps", [2, 4])  # A = 1 is test_sharded_step_matches_single_device
+def test_accumulated_gradients_equal_the_whole_batch_sharded(accum_steps):
+  """data 2 x fsdp 4, A micro-batches: the loss terms, their counts and every gradient equal one step over the
+  whole batch on one device. Negatives come from all micro-batches (gradient caching), and the next-token loss
+  is the mean over the whole batch's targets, not a mean of micro-batch means."""
+  mesh = sharding.make_mesh(dict(data=2, fsdp=4))
+  shards = sharding.num_data_shards(mesh)
+  config, model, tx, state, batch, _ = setup(num_chunks=shards * accum_steps, sgd=True)
+  want, want_grads = _whole_batch(model, config.loss, state.params, batch, shards * accum_steps)
+
+  rules = sharding.rules(config)
+  boxed = jax.eval_shape(lambda b: ts.init_state(model, tx, b, 0, shards), batch)
+  param_sharding = sharding.logical_shardings(boxed, mesh, rules).params
+  fn = lambda p, b: ts.cached_gradients(p, b, jax.random.key(0), model=model, loss_config=config.loss,
+                                        special_tokens=ST, mesh=mesh, num_chunks=shards, accum_steps=accum_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    got_grads, got = jax.jit(fn, in_shardings=(param_sharding, sharding.data_sharding(mesh)))(state.params, batch)
+  for key in ("loss", "contrastive_loss", "generation_loss", "contrastive_acc_i2t", "contrastive_acc_t2i"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+  for key in ("num_valid_images", "num_text_targets", "lm_head_positions"):
+    assert float(got[key]) >= float(want[key]) if key == "lm_head_positions" else float(got[key]) == float(want[key])
+  assert float(want["num_valid_images"]) > 2 * accum_steps  # negatives do come from several micro-batches
+  diff = max(jax.tree.leaves(jax.tree.map(lambda g, w: float(np.max(np.abs(g - w))), got_grads, want_grads)))
+  scale = max(jax.tree.leaves(jax.tree.map(lambda w: float(np.max(np.abs(w))), want_grads)))
+  print(f"accum_steps={accum_steps}: largest |accumulated - whole-batch| gradient {diff:.2e} (largest {scale:.2e})")
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-6, rtol=2e-5), got_grads, want_grads)
+
+
+@pytest.mark.parametrize("weights", [(0.1, 0.0), (0.0, 1.0)], ids=["contrastive_only", "generation_only"])
+def test_accumulation_with_one_loss_term(weights):
+  """The ablations' weights: a term switched off is neither computed nor reported wrongly."""
+  config, model, _, state, batch, _ = setup(num_chunks=2, sgd=True)
+  lc = config.loss.copy_and_resolve_references()
+  lc.contrastive_weight, lc.generation_weight = weights
+  want, want_grads = _whole_batch(model, lc, state.params, batch, 2)
+  got_grads, got = jax.jit(lambda p, b: ts.cached_gradients(
+      p, b, jax.random.key(0), model=model, loss_config=lc, special_tokens=ST, mesh=None, num_chunks=1,
+      accum_steps=2))(state.params, batch)
+  assert set(got) == set(want)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-6, rtol=2e-5), got_grads, want_grads)
+
+
+def test_learning_rate_and_logit_scale_through_the_step():
+  """The logged rate is the one the update applied, from the optimizer's count, which a skipped step does not
+  advance; a logit scale above its bound (an old checkpoint) is clamped back by the first update."""
+  config, _, tx, state, batch, step = setup(peak_lr=1.0)
+  bound = config.loss.max_logit_scale
+  state = state.replace(params=dict(state.params, logit_scale=jnp.float32(bound + 0.4)))
+  config.optim.update(warmup_steps=10, total_steps=100)
+  schedule = optim.learning_rate_schedule(config.optim)
+  tx = optim.make_optimizer(config.optim)
+  state = state.replace(opt_state=tx.init(state.params))
+  step = jax.jit(functools.partial(step, tx=tx, lr_schedule=schedule))
+  bad = dict(batch, tokens=batch["tokens"].copy())
+  bad["tokens"][0, 3] = config.model.decoder.vocab_size + 5   # NaN embedding: the step is skipped
+  logged = []
+  for b in (batch, bad, batch, batch):
+    state, metrics = step(state, b)
+    logged.append(float(metrics["learning_rate"]))
+    assert 0.0 <= float(state.params["logit_scale"]) <= bound
+  assert int(state.step) == 4 and int(optim.schedule_count(state.opt_state)) == 3
+  # Steps 0, 1 (skipped), 2, 3 ran at the optimizer's counts 0, 1, 1, 2 (a skipped step does not advance it).
+  np.testing.assert_allclose(logged, [float(schedule(0)), float(schedule(1)), float(schedule(1)),
+                                      float(schedule(2))], rtol=1e-6)
 
 
 def test_target_only_lm_head_gives_the_dense_loss_and_gradients():
@@ -126,8 +199,7 @@ def test_target_only_lm_head_gives_the_dense_loss_and_gradients():
 
   def dense(p):
     out = model.apply({"params": p}, batch, num_chunks=2)
-    con = losses.contrastive_loss(out["v"], out["t"], out["contrastive_valid"], out["logit_scale"],
-                                  max_logit_scale=lc.max_logit_scale)[0]
+    con = losses.contrastive_loss(out["v"], out["t"], out["contrastive_valid"], out["logit_scale"])[0]
     gen = losses.next_token_loss(out["logits"], batch["tokens"], batch["segment_ids"], ST)[0]
     return lc.contrastive_weight * con + lc.generation_weight * gen
 

@@ -23,6 +23,7 @@ A run whose sub-workdir already holds its last checkpoint is not trained again (
 interrupted study continues where it stopped.
 """
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -71,6 +72,9 @@ METRICS = (
     Metric("ir1", "retrieval_digits", "t2i_r1", "IR@1 (text->image)", "IR@1"),
 )
 CURVE_METRICS = ("linear_probe", "attention_probe", "zero_shot")  # the panels of the picture's top row
+# The training loop's own scalars (TensorBoard): is the contrastive term learning, against chance at its batch?
+TRAIN_SCALARS = ("contrastive_loss", "contrastive_acc_i2t", "contrastive_acc_t2i", "num_valid_images")
+END_POINTS = 5  # logged steps averaged for the "at the end" numbers (one step's accuracy is noisy)
 INIT = "init"  # the table row of the untrained model
 
 # The paper's table 6a (COCO, frozen transfer, ViT-B/16 on MMC4): TR@1, IR@1, B@4, CIDEr per loss.
@@ -92,7 +96,7 @@ def base_config(quick: bool, steps=None):
     config.optim.total_steps = steps
     config.optim.warmup_steps = max(1, min(config.optim.warmup_steps, steps // 10))
     config.ckpt.every_steps = steps
-    config.log_every = min(config.log_every, steps)
+    config.log_every = max(1, steps // ablation_digits.LOG_POINTS)
     for spec in config.evals.values():
       spec.every_steps = max(1, steps // points)
   return config
@@ -126,6 +130,31 @@ def read_evals(workdir: str) -> dict:
         with open(path) as f:
           curves[m.key][step] = float(json.load(f)[m.scalar])
   return curves
+
+
+def read_train_scalars(workdir: str) -> dict:
+  """The run's TensorBoard scalars of TRAIN_SCALARS -> {tag: [[step, value], ...]} (a resumed run's files too)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
+  out = {tag: {} for tag in TRAIN_SCALARS}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    for tag in set(TRAIN_SCALARS) & set(acc.Tags()["tensors"]):
+      for e in acc.Tensors(tag):
+        out[tag][e.step] = float(tensor_util.make_ndarray(e.tensor_proto))  # scalars come packed in tensor_content
+  return {tag: sorted(values.items()) for tag, values in out.items()}
+
+
+def contrastive_at_end(train: dict) -> dict:
+  """Mean over the last END_POINTS logged steps: valid pairs per step, the contrastive loss and accuracy (both
+  directions averaged), and chance for each at that batch (ln n and 1 / n for n valid pairs)."""
+  last = lambda tag: np.array([v for _, v in train[tag][-END_POINTS:]])
+  pairs = last("num_valid_images")
+  return dict(valid_pairs=float(pairs.mean()), valid_pairs_min=float(min(v for _, v in train["num_valid_images"])),
+              loss=float(last("contrastive_loss").mean()), chance_loss=float(np.log(pairs).mean()),
+              acc=float(((last("contrastive_acc_i2t") + last("contrastive_acc_t2i")) / 2).mean()),
+              chance_acc=float((1 / pairs).mean()))
 
 
 def evaluate_init(config, workdir: str) -> dict:
@@ -177,9 +206,11 @@ def run_study(workdir: str, *, seeds: int, quick: bool, steps=None, sweep: bool 
       for key, value in init[seed].items():
         curves[key].setdefault(0, value)
       last = base.optim.total_steps
+      train = read_train_scalars(os.path.join(workdir, variant.name, f"seed_{seed}"))
       run = dict(variant=variant.name, seed=seed, wall_s=round(time.perf_counter() - t, 1),
                  final={k: c[last] for k, c in curves.items()},
-                 curves={k: sorted(c.items()) for k, c in curves.items()})
+                 curves={k: sorted(c.items()) for k, c in curves.items()},
+                 train=train, contrastive=contrastive_at_end(train))
       logging.info("%s seed %d: %s (%.0f s)", variant.name, seed, run["final"], run["wall_s"])
       runs.append(run)
   import jax  # pylint: disable=import-outside-toplevel
@@ -198,7 +229,8 @@ def budget(config, seeds, quick, sweep) -> dict:
   m = config.model
   return dict(
       quick=quick, seeds=seeds, sweep=sweep, steps=config.optim.total_steps, warmup_steps=config.optim.warmup_steps,
-      peak_lr=config.optim.peak_lr, rows_per_batch=config.data.rows_per_batch,
+      peak_lr=config.optim.peak_lr, grad_accum_steps=config.optim.grad_accum_steps,
+      rows_per_batch=config.data.rows_per_batch,
       images_per_batch=config.data.images_per_batch, seq_len=config.data.seq_len, dtype=m.dtype,
       vit=f"{m.vit.width} wide x {m.vit.depth} layers, patch {m.vit.patch_size} on {m.vit.image_size} px",
       decoder=f"{m.decoder.width} wide x {m.decoder.depth} layers, vocab {m.decoder.vocab_size}",
@@ -234,6 +266,9 @@ def summarize(results: dict) -> dict:
     mine = [r for r in results["runs"] if r["variant"] == v["name"]]
     results["table"][v["name"]] = {k: mean_std([r["final"][k] for r in mine]) for k in keys}
     results["gain"][v["name"]] = {k: mean_std([r["final"][k] - init[r["seed"]][k] for r in mine]) for k in keys}
+    if all("contrastive" in r for r in mine):
+      results.setdefault("contrastive", {})[v["name"]] = {
+          k: mean_std([r["contrastive"][k] for r in mine]) for k in mine[0]["contrastive"]}
   return results
 
 
@@ -251,14 +286,29 @@ def markdown(results: dict) -> str:
   b = results["budget"]
   n = results["table"][INIT][metrics[0]["key"]]["n"]
   seeds = f"{n} seed{'s' if n > 1 else ''}"
+  contrastive = []
+  if results.get("contrastive"):
+    cell = lambda c, key, f: f"{f(c[key]['mean'])} ± {f(c[key]['std'])}"
+    contrastive = [
+        f"The contrastive term at the end of training (mean of the last {END_POINTS} logged steps; mean ± std over "
+        f"{seeds}; chance: ln n and 1 / n for n valid pairs):", "",
+        "| variant | valid pairs / step (fewest) | contrastive loss | chance loss | accuracy (i2t, t2i mean) | "
+        "chance accuracy |", "|" + " --- |" * 6]
+    for name, c in results["contrastive"].items():
+      contrastive.append(
+          f"| {labels[name]} | {c['valid_pairs']['mean']:.0f} ({min(c['valid_pairs_min']['values']):.0f}) | "
+          f"{cell(c, 'loss', lambda x: f'{x:.2f}')} | {c['chance_loss']['mean']:.2f} | "
+          f"{cell(c, 'acc', lambda x: f'{100 * x:.1f}%')} | {100 * c['chance_acc']['mean']:.1f}% |")
+    contrastive.append("")
   return "\n".join([
       head, *rows(results["table"], ""), "",
       f"Held-out demo digits (359 images, 10 classes; chance 10%), in %: mean ± sample std over {seeds}, after "
       f"{b['steps']} steps (ViT {b['vit']}; decoder {b['decoder']}; {b['rows_per_batch']} rows / "
-      f"{b['images_per_batch']} image slots per step; peak LR {b['peak_lr']:g}). Probes train on a fixed half of the "
+      f"{b['images_per_batch']} image slots per step in {b.get('grad_accum_steps', 1)} micro-batches; peak LR "
+      f"{b['peak_lr']:g}). Probes train on a fixed half of the "
       f"set and test on the other half.", "",
       "Gain over the same seed's untrained encoder (paired), in points:", "",
-      head, *rows(results["gain"], "+"), ""])
+      head, *rows(results["gain"], "+"), "", *contrastive])
 
 
 # ---------------------------------------------------------------------------------------------------- the picture
@@ -288,8 +338,9 @@ def plot(results: dict, path: str) -> None:
   metrics = {m["key"]: m for m in results["metrics"]}
   n = results["table"][INIT][CURVE_METRICS[0]]["n"]
 
-  fig = plt.figure(figsize=(14, 9), constrained_layout=True)
-  grid = fig.add_gridspec(2, len(CURVE_METRICS))
+  train_rows = all("train" in r for r in results["runs"])
+  fig = plt.figure(figsize=(14, 13 if train_rows else 9), constrained_layout=True)
+  grid = fig.add_gridspec(3 if train_rows else 2, len(CURVE_METRICS))
   for col, key in enumerate(CURVE_METRICS):
     ax = fig.add_subplot(grid[0, col])
     tops = [0.2]
@@ -333,10 +384,47 @@ def plot(results: dict, path: str) -> None:
     else:
       ax.axhline(0, color="0.2", linewidth=0.8)
       ax.set_title("gain over the same seed's init")
+  if train_rows:
+    _plot_contrastive(fig, grid, results, variants, labels, colors)
   fig.suptitle(f"Loss ablation on the demo digits (paper table 6a at toy scale): {results['budget']['steps']} "
                f"steps, {n} seed{'s' if n > 1 else ''}")
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _train_curve(runs, tag):
+  """(steps, mean over runs, std over runs) of a training scalar; steps are those every run logged."""
+  steps = sorted(set.intersection(*[{s for s, _ in r["train"][tag]} for r in runs]))
+  values = np.array([[dict(r["train"][tag])[s] for s in steps] for r in runs])
+  return np.array(steps), values.mean(axis=0), values.std(axis=0, ddof=1) if len(runs) > 1 else 0 * values[0]
+
+
+def _plot_contrastive(fig, grid, results, variants, labels, colors):
+  """Bottom row: the contrastive loss and accuracy during training against chance at the step's valid pairs, and
+  the valid pairs per step."""
+  panels = [fig.add_subplot(grid[2, i]) for i in range(3)]
+  everyone = results["runs"]
+  steps, pairs, _ = _train_curve(everyone, "num_valid_images")
+  for name in variants:
+    runs = [r for r in everyone if r["variant"] == name]
+    for ax, tags in ((panels[0], ("contrastive_loss",)), (panels[1], ("contrastive_acc_i2t", "contrastive_acc_t2i"))):
+      curves = [_train_curve(runs, tag) for tag in tags]
+      x, mean = curves[0][0], np.mean([c[1] for c in curves], axis=0)
+      std = np.mean([c[2] for c in curves], axis=0)
+      ax.plot(x, mean, color=colors[name], label=labels[name])
+      ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.18, linewidth=0)
+    x, n, _ = _train_curve(runs, "num_valid_images")
+    panels[2].plot(x, n, color=colors[name], label=labels[name])
+  panels[0].plot(steps, np.log(pairs), color="0.3", linestyle=":", label="chance (ln n)")
+  panels[1].plot(steps, 1 / pairs, color="0.3", linestyle=":", label="chance (1 / n)")
+  panels[1].set_ylim(0, None)
+  panels[2].set_ylim(0, None)
+  for ax, title in zip(panels, ("contrastive loss (training batch)", "contrastive accuracy, i2t and t2i mean",
+                                "valid image / context pairs per step (n)")):
+    ax.set_title(title)
+    ax.set_xlabel("training step")
+    ax.grid(alpha=0.3)
+  panels[0].legend(fontsize=8)
 
 
 # ---------------------------------------------------------------------------------------------------- entry point

@@ -96,6 +96,18 @@ class LCL(nn.Module):
     h = jnp.take_along_axis(hidden, boi_position[:, None, None], axis=1)[:, 0]
     return self.context_proj(self.context_norm(h)).astype(jnp.float32)
 
+  def _authors_context_rule(self, tokens, positions, pos, n, num_chunks):
+    """bool [N]: the authors' code drops only a `<boi>` that opens its sequence (their image-first LAION pair,
+    `<boi> ... caption </s>`, has no `<s>`). Our segments all open with `<s>`, so the same rule here drops a `<boi>`
+    with nothing but that `<s>` before it in its segment. (Their MMC4 rows open with `<s>`, so their code keeps an
+    MMC4 document's leading image with `<s>` as its only context; the segment's source is not in the batch, and
+    this rule drops it too.)"""
+    tok = tokens.reshape(num_chunks, -1)
+    seg_pos = jnp.take_along_axis(positions.reshape(num_chunks, -1), pos, axis=1)
+    opener = jnp.take_along_axis(tok, jnp.maximum(pos - seg_pos, 0), axis=1)
+    before = seg_pos - (opener == self.config["special_tokens"]["bos"]).astype(seg_pos.dtype)
+    return (before > 0).reshape(n)
+
   def __call__(self, batch, *, num_chunks: int = 1, train: bool = False, compute_logits: bool = True):
     tokens, segment_ids, positions = batch["tokens"], batch["segment_ids"], batch["positions"]
     images, image_valid = batch["images"], batch["image_valid"]
@@ -118,12 +130,11 @@ class LCL(nn.Module):
     h_boi = jnp.take_along_axis(h_chunks, pos[..., None], axis=1).reshape(n, -1)
     t = self.context_proj(self.context_norm(h_boi)).astype(jnp.float32)
 
-    seg_pos = jnp.take_along_axis(positions.reshape(num_chunks, -1), pos, axis=1).reshape(n)
     if self.config["require_text_context"]:
       ctx = text_before_in_segment(tokens, positions, first_text_id).reshape(num_chunks, -1)
       has_context = jnp.take_along_axis(ctx, pos, axis=1).reshape(n) > 0
-    else:  # the authors' rule: only a <boi> opening its segment has no context
-      has_context = seg_pos > 0
+    else:
+      has_context = self._authors_context_rule(tokens, positions, pos, n, num_chunks)
     valid = image_valid & found.reshape(n) & has_context
 
     logits = None
