@@ -460,6 +460,7 @@ class Param:
   layered: bool = False  # the leading axis stacks a scanned tower's layers (one loop iteration sees local[1:])
   remat: bool = False    # in a rematerialised tower: gathered again for the backward pass
   uses: int = 1          # forward uses per step: micro-batches, times two for an embedding tied to the LM head
+  feature_uses: int = 0  # gradient accumulation's feature pass: one more forward per micro-batch, never remat'd
 
   def keys(self, dims=None) -> set:
     """Shapes (as _key) of the whole buffer (or of `dims`, e.g. the shard): stacked, and one layer of a scanned
@@ -469,7 +470,7 @@ class Param:
 
   def gathers_expected(self) -> int:
     """All-gathers per step at one per use: per layer, and again for the backward pass of a rematerialised tower."""
-    return (self.local[0] if self.layered else 1) * (2 if self.remat else 1) * self.uses
+    return (self.local[0] if self.layered else 1) * ((2 if self.remat else 1) * self.uses + self.feature_uses)
 
 
 def _key(dims) -> tuple:

@@ -112,6 +112,7 @@ def parameter_layouts(config, spec, mesh) -> list:
   leaves = jax.tree_util.tree_flatten_with_path(spec.abstract.params)[0]
   remat = {"vit": config.model.vit.remat, "decoder": config.model.decoder.remat}
   tied = "['decoder']['token_embed']['embedding']" if config.model.decoder.tie_embeddings else None
+  accum = config.optim.grad_accum_steps  # A > 1: the feature pass of lcl_jax/train_step.py gathers once more
   params = []
   for (path, leaf), names in zip(leaves, logical):
     name = jax.tree_util.keystr(path)
@@ -123,7 +124,7 @@ def parameter_layouts(config, spec, mesh) -> list:
         path=name, shard=shard, local=tuple(d * fsdp if f else d for d, f in zip(shard, on_fsdp)),
         fsdp=fsdp if any(on_fsdp) else 1, layered=bool(names) and names[0] == axes.LAYERS,
         remat=bool(tower) and bool(remat.get(tower.group(1))),
-        uses=config.optim.grad_accum_steps * (2 if name == tied else 1)))
+        uses=accum * (2 if name == tied else 1), feature_uses=accum if accum > 1 else 0))
   return params
 
 

@@ -87,7 +87,7 @@ def cached_gradients(params, batch, rng, *, model, loss_config, special_tokens, 
     v, t, valid = jax.tree.map(merge, jax.lax.map(features, (micro, keys)))
     (con, metrics), (dv, dt, dscale) = jax.value_and_grad(contrastive, argnums=(0, 1, 3), has_aux=True)(
         v, t, valid, params["logit_scale"])
-    cached = (split_micro_batches(dv, accum_steps, num_chunks), split_micro_batches(dt, accum_steps, num_chunks))
+    cached = split_micro_batches((dv, dt), accum_steps, num_chunks)
   else:  # generation-only: nothing to cache; the contrastive metrics come from pass 2's features
     cached = ()
 
