@@ -1,0 +1,1 @@
+"""Interop with PyTorch checkpoints (the authors' LCL, open_clip) without importing torch."""
