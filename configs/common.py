@@ -41,6 +41,11 @@ def vit_config(variant, *, patch_size, image_size, runlocal=False):
   c.layerscale_init = 0.1              # initial layer-scale value (None: no layer-scale)
   c.remat = False                      # rematerialise each block in the backward pass
   c.scan_layers = False                # stack the blocks under nn.scan (params gain a leading `layers` axis)
+  # The authors' open_clip ViT (configs/lcl_vitb16_laion_openclip.py) sets all four the other way.
+  c.class_token = False                # a learned class token (dropped from the patch latents)
+  c.ln_pre = False                     # LayerNorm before the blocks
+  c.patch_bias = True                  # bias of the patch embedding
+  c.activation = "gelu_tanh"           # MLP: gelu_tanh, gelu (exact) or quick_gelu (lcl_jax/models/layers.py)
   if runlocal:
     c.update(width=64, depth=2, num_heads=4, mlp_dim=128)
     c.patch_size = 8
@@ -74,6 +79,7 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   c.decoder = decoder_config(runlocal=runlocal, vocab_size=vocab_size, seq_len=seq_len)
   c.embed_dim = 64 if runlocal else embed_dim  # D_e, width of v and t
   c.pool_heads = 4 if runlocal else c.vit.num_heads  # attention-pooling heads
+  c.pool = "lcl_jax"                   # "open_clip": the authors' pool, whose value path feeds the decoder
   c.dtype = "bfloat16"                 # compute dtype; params are always param_dtype
   c.param_dtype = "float32"
   c.logit_scale_init = 2.6592600345611572  # log(1 / 0.07), learned from there

@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from lcl_jax.models.vit import AttentionPool, ViT
+from lcl_jax.models.vit import pool_from_config, vit_from_config
 
 FORMAT, VERSION = "lcl_jax.vision_encoder", 1
 CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE = "config.json", "params.msgpack", "tokenizer.model"
+VISION_KEYS = ("vit", "embed_dim", "pool_heads", "pool", "dtype", "param_dtype")  # a vision encoder's model section
 
 
 class VisionTower(nn.Module):
@@ -36,11 +37,8 @@ class VisionTower(nn.Module):
   def setup(self):
     c = self.config
     v, dtype, pdtype = c["vit"], jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
-    self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
-                   patch_size=v["patch_size"], image_size=v["image_size"], drop_path_rate=v["drop_path_rate"],
-                   layerscale_init=v["layerscale_init"], remat=False,
-                   scan_layers=v.get("scan_layers", False), dtype=dtype, param_dtype=pdtype)
-    self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
+    self.vit = vit_from_config(v, remat=False, dtype=dtype, param_dtype=pdtype)
+    self.pool = pool_from_config(c, dtype=dtype, param_dtype=pdtype)
 
   def __call__(self, images, deterministic: bool = True):
     z = self.vit(images, deterministic=deterministic)
@@ -116,22 +114,33 @@ def export(config, workdir: str, output: str, *, step: Optional[int] = None, who
   # Replicate (an all-gather of fsdp shards) so every host can read every value; only process 0 writes.
   params = jax.device_get(jax.jit(lambda p: p, out_shardings=NamedSharding(mesh, P()))(params))
   model = json.loads(config.model.to_json())
-  if not whole_model:
-    model = {k: model[k] for k in ("vit", "embed_dim", "pool_heads", "dtype", "param_dtype")}
-  meta = dict(format=FORMAT, version=VERSION, contents="whole_model" if whole_model else "vision_encoder",
-              step=int(step), name=config.get("name", ""), model=model)
   if jax.process_index() == 0:
-    if "://" not in output:
-      os.makedirs(output, exist_ok=True)
-    with _open(os.path.join(output, PARAMS_FILE), "wb") as f:
-      f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+    tokenizer = None
     if whole_model and config.data.get("tokenizer"):
       from lcl_jax.evaluators import datasets  # pylint: disable=import-outside-toplevel
-      with _open(os.path.join(output, TOKENIZER_FILE), "wb") as f:
-        f.write(datasets.load_tokenizer(config).serialized_model)
-      meta["tokenizer"] = TOKENIZER_FILE
-    with _open(os.path.join(output, CONFIG_FILE), "w") as f:  # last: its presence marks a complete artefact
-      json.dump(meta, f, indent=2, sort_keys=True)
+      tokenizer = datasets.load_tokenizer(config).serialized_model
+    write_artefact(output, model, params, step=int(step), name=config.get("name", ""), whole_model=whole_model,
+                   tokenizer=tokenizer)
+  return output
+
+
+def write_artefact(output: str, model: Mapping[str, Any], params, *, step: Optional[int], name: str,
+                   whole_model: bool = False, tokenizer: Optional[bytes] = None) -> str:
+  """The artefact folder from a model section (plain dicts) and its params ({"vit", "pool"} or every param)."""
+  if not whole_model:
+    model = {k: model[k] for k in VISION_KEYS if k in model}
+  meta = dict(format=FORMAT, version=VERSION, contents="whole_model" if whole_model else "vision_encoder",
+              step=step, name=name, model=model)
+  if "://" not in output:
+    os.makedirs(output, exist_ok=True)
+  with _open(os.path.join(output, PARAMS_FILE), "wb") as f:
+    f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+  if tokenizer is not None:
+    with _open(os.path.join(output, TOKENIZER_FILE), "wb") as f:
+      f.write(tokenizer)
+    meta["tokenizer"] = TOKENIZER_FILE
+  with _open(os.path.join(output, CONFIG_FILE), "w") as f:  # last: its presence marks a complete artefact
+    json.dump(meta, f, indent=2, sort_keys=True)
   return output
 
 

@@ -47,6 +47,7 @@ class Projection(nn.Module):
   out_shape: tuple
   in_axes: tuple
   out_axes: tuple
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -57,11 +58,13 @@ class Projection(nn.Module):
                                           out_axis=tuple(range(fan_in, fan_in + fan_out)))
     kernel = self.param("kernel", param_with_axes(init, self.in_axes + self.out_axes),
                         self.in_shape + self.out_shape, self.param_dtype)
-    bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), self.out_shape,
-                      self.param_dtype)
     letters = "abcdefgh"
     ins, outs = letters[:fan_in], letters[fan_in:fan_in + fan_out]
     y = jnp.einsum(f"...{ins},{ins}{outs}->...{outs}", x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
+    bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), self.out_shape,
+                      self.param_dtype)
     return y + bias.astype(self.dtype)
 
 
@@ -73,6 +76,7 @@ class MultiHeadAttention(nn.Module):
   """
   num_heads: int
   out_features: Optional[int] = None
+  out_bias: bool = True
   kernel: str = "xla"
   causal: bool = False
   interpret: bool = False  # the Pallas kernels on CPU (tests)
@@ -102,13 +106,23 @@ class MultiHeadAttention(nn.Module):
     out = attention.dot_product_attention(q, k, v, kernel=self.kernel, causal=self.causal, segment_ids=segment_ids,
                                           interpret=self.interpret)
     out = out.reshape(lead + out.shape[1:])
-    return Projection(heads, (self.out_features or width,), heads_axes, (axes.EMBED,), **kw,
+    return Projection(heads, (self.out_features or width,), heads_axes, (axes.EMBED,), use_bias=self.out_bias, **kw,
                       name="out")(out)
 
 
+# MLP activations: tanh-approximated GELU (ours), exact GELU (torch's nn.GELU, open_clip's default), QuickGELU
+# (x * sigmoid(1.702 x), OpenAI CLIP and open_clip's `quick_gelu` models).
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+}
+
+
 class Mlp(nn.Module):
-  """Two-layer GELU MLP."""
+  """Two-layer MLP, GELU by default (ACTIVATIONS)."""
   mlp_dim: int
+  activation: str = "gelu_tanh"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -117,7 +131,7 @@ class Mlp(nn.Module):
     width = x.shape[-1]
     h = dense(self.mlp_dim, axes.EMBED, axes.MLP, dtype=self.dtype,
               param_dtype=self.param_dtype, name="fc1")(x)
-    h = constrain(nn.gelu(h), act_axes[:-1] + (axes.ACT_MLP,))
+    h = constrain(ACTIVATIONS[self.activation](h), act_axes[:-1] + (axes.ACT_MLP,))
     return dense(width, axes.MLP, axes.EMBED, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="fc2")(h)
 

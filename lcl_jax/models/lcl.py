@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from lcl_jax import axes
 from lcl_jax.models import attention, layers
 from lcl_jax.models.decoder import Decoder
-from lcl_jax.models.vit import AttentionPool, ViT
+from lcl_jax.models.vit import pool_from_config, vit_from_config
 
 Dtype = Any
 
@@ -66,17 +66,20 @@ class LCL(nn.Module):
     dtype, pdtype = jnp.dtype(c["dtype"]), jnp.dtype(c["param_dtype"])
     v, d = c["vit"], c["decoder"]
     vit_kernel, decoder_kernel = attention.resolve(c.get("attention", "auto"), jax.default_backend())
-    self.vit = ViT(width=v["width"], depth=v["depth"], num_heads=v["num_heads"], mlp_dim=v["mlp_dim"],
-                   patch_size=v["patch_size"], image_size=v["image_size"],
-                   drop_path_rate=v["drop_path_rate"], layerscale_init=v["layerscale_init"],
-                   remat=v["remat"], scan_layers=v["scan_layers"], attention=vit_kernel, dtype=dtype,
-                   param_dtype=pdtype)
-    self.pool = AttentionPool(c["embed_dim"], c["pool_heads"], dtype=dtype, param_dtype=pdtype)
+    self.vit = vit_from_config(v, remat=v["remat"], attention=vit_kernel, dtype=dtype, param_dtype=pdtype)
+    self.pool = pool_from_config(c, dtype=dtype, param_dtype=pdtype)
+    # The authors' decoder reads the pool's value path as image latents (OpenClipAttentivePool.project); ours maps
+    # the patch latents with a Linear of its own.
+    self.latents_from_pool = c.get("pool", "lcl_jax") == "open_clip"
+    if self.latents_from_pool and c["embed_dim"] != d["width"]:
+      raise ValueError(f"model.pool='open_clip' feeds the pool's projection (width embed_dim={c['embed_dim']}) to "
+                       f"the decoder, so embed_dim must equal model.decoder.width={d['width']}.")
     self.decoder = Decoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
                            mlp_dim=d["mlp_dim"], vocab_size=d["vocab_size"], max_len=d["max_len"],
                            tie_embeddings=d["tie_embeddings"], remat=d["remat"], scan_layers=d["scan_layers"],
                            attention=decoder_kernel, dtype=dtype, param_dtype=pdtype)
-    self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
+    if not self.latents_from_pool:
+      self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
     self.context_norm = layers.layer_norm(dtype=dtype, param_dtype=pdtype)
     self.context_proj = layers.dense(c["embed_dim"], axes.EMBED, axes.KV, dtype=dtype,
                                      param_dtype=pdtype)
@@ -120,7 +123,7 @@ class LCL(nn.Module):
 
     z, v = self.encode_images(images, deterministic=not train)
     z = layers.constrain(z, (axes.ACT_IMAGES, axes.ACT_PATCHES, axes.ACT_EMBED))
-    latents = self.image_proj(z)                                        # [N, K, D_lm]
+    latents = self.pool.project(z) if self.latents_from_pool else self.image_proj(z)  # [N, K, D_lm]
     x = place_image_latents(tokens, self.decoder.embed(tokens), latents, st["img"], num_chunks)
     hidden = self.decoder(x, segment_ids, positions)                    # [B, L, D_lm]
 

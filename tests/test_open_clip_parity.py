@@ -1,0 +1,76 @@
+"""Parity with the authors' code: their LCL vision encoder (open_clip ViT + attentive pool, tiny, random weights;
+tests/fixtures written by tools/lcl_parity_fixture.py with their code and torch) imported without torch
+reproduces their patch latents, pooled vector and projected patches, directly and through an exported artefact."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import lcl_jax
+from configs import lcl_vitb16_laion_openclip
+from lcl_jax import export
+from lcl_jax.interop import open_clip, torch_files
+from lcl_jax.models import vit as vit_lib
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "lcl_vision_parity")
+
+
+@pytest.fixture(scope="module")
+def imported():
+  config = lcl_vitb16_laion_openclip.get_config("runlocal")
+  config.model.vit.update(image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=256)
+  config.model.update(embed_dim=64, pool_heads=4, dtype="float32")
+  model = json.loads(config.model.to_json())
+  state = torch_files.read_state_dict(FIXTURE + ".pt")
+  return model, state, open_clip.vision_params(state, model), dict(np.load(FIXTURE + ".npz"))
+
+
+def test_vision_encoder_matches_the_authors(imported, tmp_path):
+  model, _, params, want = imported
+  z, v = jax.jit(lambda p, x: export.VisionTower(model).apply({"params": p}, x))(params, want["images"])
+  pool = vit_lib.pool_from_config(model)
+  projected = pool.apply({"params": params["pool"]}, z, method=pool.project)
+  diffs = {name: float(np.max(np.abs(np.asarray(got) - want[name])))
+           for name, got in (("patch_latents", z), ("pooled", v), ("projected", projected))}
+  print(f"\nlargest |ours - authors'| per output: {diffs}")
+  for name, got in (("patch_latents", z), ("pooled", v), ("projected", projected)):
+    np.testing.assert_allclose(np.asarray(got), want[name], atol=2e-5, rtol=1e-5, err_msg=name)
+  # The converter's artefact is what downstream code loads.
+  path = export.write_artefact(str(tmp_path / "imported"), model, params, step=None, name="parity")
+  encoder = lcl_jax.load_vision_encoder(path)
+  z2, v2 = encoder(want["images"])
+  np.testing.assert_allclose(np.asarray(z2), want["patch_latents"], atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(v2), want["pooled"], atol=2e-5, rtol=1e-5)
+
+
+def test_a_checkpoint_that_does_not_match_lists_every_problem(imported):
+  model, state, _, _ = imported
+  broken = dict(state)
+  del broken["visual.ln_pre.bias"]
+  broken["visual.positional_embedding"] = broken["visual.positional_embedding"][:5]
+  broken["visual.extra_thing"] = np.zeros(3, np.float32)
+  with pytest.raises(open_clip.ConversionError) as e:
+    open_clip.vision_params(broken, model)
+  message = str(e.value)
+  assert "missing: visual.ln_pre.bias" in message
+  assert "visual.positional_embedding: (5, 64), expected (17, 64)" in message
+  assert "unexpected: visual.extra_thing" in message
+  plain = dict(model, pool="lcl_jax")
+  with pytest.raises(open_clip.ConversionError, match="model.pool must be 'open_clip'"):
+    open_clip.vision_params(state, plain)
+
+
+def test_the_openclip_config_trains_with_the_pools_projection_as_image_latents():
+  """model.pool = "open_clip": the decoder reads the pool's value path (no image_proj of ours), as the authors'."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from lcl_jax import models  # pylint: disable=import-outside-toplevel
+  config = lcl_vitb16_laion_openclip.get_config("runlocal")
+  model = models.LCL(config.model)
+  batch = models.dummy_batch(config.model, rows=2, images=2, seq_len=config.data.seq_len)
+  params = nn.unbox(jax.jit(lambda b: model.init(jax.random.key(0), b))(batch)["params"])
+  assert "image_proj" not in params and "cls_token" in params["vit"] and "ln_pre" in params["vit"]
+  assert "bias" not in params["vit"]["patch_embed"] and "bias" not in params["pool"]["out"]
+  out = jax.jit(lambda p, b: model.apply({"params": p}, b))(params, batch)
+  assert out["v"].shape == (2, config.model.embed_dim) and np.isfinite(np.asarray(out["hidden"])).all()
