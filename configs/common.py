@@ -151,6 +151,9 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
   config.name = name                   # run name (logs, exported artefacts)
   config.seed = 0                      # params, dropout and data order
   config.runlocal = runlocal           # tiny model + bundled demo corpus
+  # An artefact folder (lcl_jax.export, lcl_jax.interop.open_clip) whose parameters replace the fresh ones they name
+  # (e.g. the vision encoder) when a run starts; the optimizer starts fresh. Ignored when the workdir resumes.
+  config.init_from = ""
   config.model = model_config(
       variant, patch_size=patch_size, image_size=image_size, embed_dim=embed_dim,
       runlocal=runlocal,

@@ -18,7 +18,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, metrics as metrics_lib, sharding, state as state_lib, train_step as ts, workdir_lock
+from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, init_from, metrics as metrics_lib, sharding, state as state_lib, train_step as ts, workdir_lock
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -206,6 +206,10 @@ def _train(config, workdir, mesh, data, preemption):
     else:
       latest = None
       state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=state_sharding)()
+      if config.get("init_from"):
+        params, names = init_from.load_into(state.params, state_sharding.params, config.init_from, config.model)
+        state = state.replace(params=params)
+        logging.info("Parameters %s from %s; the rest and the optimizer state are fresh.", names, config.init_from)
 
     # -------------------------------------------------------------- compiled step
     step_fn = functools.partial(ts.train_step, model=model, tx=tx, loss_config=config.loss,

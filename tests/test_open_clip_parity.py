@@ -10,7 +10,7 @@ import pytest
 
 import lcl_jax
 from configs import lcl_vitb16_laion_openclip
-from lcl_jax import export
+from lcl_jax import config_checks, export
 from lcl_jax.interop import open_clip, torch_files
 from lcl_jax.models import vit as vit_lib
 
@@ -74,3 +74,31 @@ def test_the_openclip_config_trains_with_the_pools_projection_as_image_latents()
   assert "bias" not in params["vit"]["patch_embed"] and "bias" not in params["pool"]["out"]
   out = jax.jit(lambda p, b: model.apply({"params": p}, b))(params, batch)
   assert out["v"].shape == (2, config.model.embed_dim) and np.isfinite(np.asarray(out["hidden"])).all()
+
+
+def test_training_starts_from_the_imported_encoder(imported, tmp_path, demo_cache_dir):
+  """config.init_from: the imported vision encoder replaces the fresh ViT and pool (the rest and the optimizer stay
+  fresh). At LR 0 the first checkpoint holds exactly the imported weights."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from lcl_jax import evaluate, sharding, train  # pylint: disable=import-outside-toplevel
+  del demo_cache_dir  # the demo corpus, built once for the session
+  model, _, params, _ = imported
+  artefact = export.write_artefact(str(tmp_path / "imported"), model, params, step=None, name="parity")
+  config = lcl_vitb16_laion_openclip.get_config("runlocal")
+  config.model.vit.mlp_dim = 256  # the fixture's ViT; the rest of runlocal's (64 wide, 2 layers, 4 heads) is its
+  config.model.dtype = "float32"
+  config.init_from = artefact
+  config.optim.update(total_steps=1, warmup_steps=1, peak_lr=0.0)
+  config.ckpt.every_steps = 1
+  config.evals = ml_collections.ConfigDict()
+  workdir = str(tmp_path / "run")
+  train.run(config, workdir)
+  restored, step = evaluate.restore_params(config, workdir, sharding.make_mesh(config.sharding.mesh))
+  assert step == 1
+  for key in ("vit", "pool"):
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored[key], params[key])
+  bad = config.copy_and_resolve_references()
+  bad.model.vit.update(mlp_dim=128, activation="quick_gelu")
+  with pytest.raises(config_checks.ConfigError, match=r"does not fit this config's model: model.vit.activation: "
+                     r"artefact 'gelu', config 'quick_gelu'; vit\['block_0'\]\['mlp'\]"):
+    train.run(bad, str(tmp_path / "bad"))
