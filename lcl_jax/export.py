@@ -168,8 +168,27 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   config = read_run_config(f.workdir, f.config)
+  if f.format == "open_clip":
+    path = export_open_clip(config, f.workdir, f.output, step=f.checkpoint_step)
+    print(f"Exported the vision encoder as the authors' open_clip tensors to {path}")
+    return
   export(config, f.workdir, f.output, step=f.checkpoint_step, whole_model=f.whole_model)
   print(f"Exported {'the whole model' if f.whole_model else 'the vision encoder'} to {f.output}")
+
+
+def export_open_clip(config, workdir: str, output: str, *, step: Optional[int] = None) -> str:
+  """The vision encoder as the authors' open_clip tensors (`visual.*`, `pool_project.*`) in
+  <output>/open_clip_vision.safetensors, written without torch; needs the open_clip layout
+  (configs/lcl_vitb16_laion_openclip.py). Their text tower is not ported, so this is the vision half of their
+  state dict: load it with `model.load_state_dict(safetensors.torch.load_file(PATH), strict=False)`."""
+  from lcl_jax.interop import open_clip, torch_files  # pylint: disable=import-outside-toplevel
+  tmp = export(config, workdir, os.path.join(output, "lcl_jax_artefact"), step=step)
+  encoder = load_vision_encoder(tmp)
+  path = os.path.join(output, "open_clip_vision.safetensors")
+  if jax.process_index() == 0:
+    torch_files.write_safetensors(path, open_clip.vision_state_dict(encoder.params, encoder.config),
+                                  metadata={"format": "pt", "source": "lcl_jax", "step": str(encoder.step)})
+  return path
 
 
 if __name__ == "__main__":
@@ -179,6 +198,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "Folder to write (local or gs://).")
   flags.DEFINE_integer("checkpoint_step", None, "Step to export (default: the latest checkpoint).")
   flags.DEFINE_bool("whole_model", False, "Export every parameter of the LCL model, not only the vision encoder.")
+  flags.DEFINE_enum("format", "lcl_jax", ["lcl_jax", "open_clip"], "lcl_jax: the artefact load_vision_encoder "
+                    "reads; open_clip: also the vision encoder as the authors' safetensors (open_clip layout only).")
   flags.DEFINE_string("config", None, "Config file path[:arg]; default <workdir>/config.json.")
   flags.mark_flags_as_required(["workdir", "output"])
   app.run(main)

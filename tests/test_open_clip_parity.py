@@ -97,8 +97,27 @@ def test_training_starts_from_the_imported_encoder(imported, tmp_path, demo_cach
   assert step == 1
   for key in ("vit", "pool"):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored[key], params[key])
+  # And back out as the authors' tensors (lcl_jax.export --format=open_clip): the fixture's own values.
+  path = export.export_open_clip(config, workdir, str(tmp_path / "out"))
+  back, (_, state, _, _) = torch_files.read_state_dict(path), imported
+  assert sorted(back) == sorted(k for k in state if k.startswith(("visual.", "pool_project.")))
+  for k, v in back.items():
+    np.testing.assert_array_equal(v, state[k], err_msg=k)
   bad = config.copy_and_resolve_references()
   bad.model.vit.update(mlp_dim=128, activation="quick_gelu")
   with pytest.raises(config_checks.ConfigError, match=r"does not fit this config's model: model.vit.activation: "
                      r"artefact 'gelu', config 'quick_gelu'; vit\['block_0'\]\['mlp'\]"):
     train.run(bad, str(tmp_path / "bad"))
+
+
+def test_export_to_open_clip_is_the_exact_inverse_of_the_import(imported, tmp_path):
+  model, state, params, _ = imported
+  back = open_clip.vision_state_dict(params, model)
+  vision = {k: v for k, v in state.items() if k.startswith(("visual.", "pool_project."))}
+  assert sorted(back) == sorted(vision)
+  for k, v in vision.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+  path = str(tmp_path / "open_clip_vision.safetensors")
+  torch_files.write_safetensors(path, back)
+  again = open_clip.vision_params(torch_files.read_state_dict(path), model)
+  jax.tree.map(np.testing.assert_array_equal, again, params)

@@ -38,6 +38,10 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--src", required=True, help="the exported repository's src/ (holds open_clip/)")
   p.add_argument("--torchvision_shim_dir", default=None, help="a folder with tv_shim.py, imported first")
+  p.add_argument("--check_export", default=None,
+                 help="instead of writing the fixture: load this open_clip_vision.safetensors (lcl_jax.export "
+                      "--format=open_clip, or open_clip.vision_state_dict of the imported fixture) into their "
+                      "model and compare its outputs with the fixture's")
   args = p.parse_args()
   if args.torchvision_shim_dir:
     sys.path.insert(0, args.torchvision_shim_dir)
@@ -51,6 +55,18 @@ def main():
   with torch.no_grad():  # no parameter at its exact init value (ones, zeros): every tensor's mapping is visible
     for param in model.parameters():
       param.add_(0.05 * torch.randn_like(param))
+  if args.check_export:
+    import safetensors.torch  # pylint: disable=import-outside-toplevel
+    result = model.load_state_dict(safetensors.torch.load_file(args.check_export), strict=False)
+    vision_missing = [k for k in result.missing_keys if k.startswith(("visual.", "pool_project."))]
+    assert not vision_missing and not result.unexpected_keys, (vision_missing, result.unexpected_keys)
+    want = np.load(os.path.join(OUT, "lcl_vision_parity.npz"))
+    x = torch.from_numpy(((want["images"] / 255.0 - CLIP_MEAN) / CLIP_STD).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+      pooled, projected = model._encode_image(x)  # pylint: disable=protected-access
+    print({"pooled": float(np.abs(pooled.numpy() - want["pooled"]).max()),
+           "projected": float(np.abs(projected.numpy() - want["projected"]).max())})
+    return
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   x = torch.from_numpy(((images / 255.0 - CLIP_MEAN) / CLIP_STD).astype(np.float32)).permute(0, 3, 1, 2)
   captured = {}

@@ -41,8 +41,7 @@ def _heads(w, heads):
   return w.T.reshape(w.shape[1], heads, -1)
 
 
-def vision_params(state: Mapping[str, np.ndarray], model_config) -> dict:
-  """{"vit": ..., "pool": ...} in lcl_jax's layout for the model section `model_config` (open_clip options on)."""
+def _require_open_clip_layout(model_config) -> None:
   v = model_config["vit"]
   for key, want in (("class_token", True), ("ln_pre", True), ("patch_bias", False), ("layerscale_init", None),
                     ("scan_layers", False)):
@@ -50,7 +49,13 @@ def vision_params(state: Mapping[str, np.ndarray], model_config) -> dict:
       raise ConversionError(f"model.vit.{key}={v.get(key)!r}: the authors' ViT needs {want!r} "
                             "(configs/lcl_vitb16_laion_openclip.py sets it).")
   if model_config.get("pool") != "open_clip":
-    raise ConversionError("model.pool must be 'open_clip' to take the authors' pool_project weights.")
+    raise ConversionError("model.pool must be 'open_clip' to map the authors' pool_project weights.")
+
+
+def vision_params(state: Mapping[str, np.ndarray], model_config) -> dict:
+  """{"vit": ..., "pool": ...} in lcl_jax's layout for the model section `model_config` (open_clip options on)."""
+  _require_open_clip_layout(model_config)
+  v = model_config["vit"]
   width, heads, patch = v["width"], v["num_heads"], v["patch_size"]
   used = set()
 
@@ -116,6 +121,45 @@ def vision_params(state: Mapping[str, np.ndarray], model_config) -> dict:
     raise ConversionError("The checkpoint does not match the config's vision encoder (depth "
                           f"{v['depth']}, width {width}, patch {patch}, image {v['image_size']}): " + " | ".join(problems))
   return {"vit": vit, "pool": pool}
+
+
+def vision_state_dict(params, model_config) -> dict:
+  """The inverse of vision_params: lcl_jax's {"vit", "pool"} -> the authors' `visual.*` and `pool_project.*`
+  tensors (float32 numpy), for their open_clip LCL model with the same vision config."""
+  _require_open_clip_layout(model_config)
+  v = model_config["vit"]
+  width, patch = v["width"], v["patch_size"]
+  a = lambda x: np.asarray(x, np.float32)
+  vit, pool = params["vit"], params["pool"]
+  out = {
+      "visual.conv1.weight": a(vit["patch_embed"]["kernel"]).reshape(patch, patch, 3, width).transpose(3, 2, 0, 1),
+      "visual.class_embedding": a(vit["cls_token"])[0],
+      "visual.positional_embedding": a(vit["pos_embed"]),
+  }
+  for ours, theirs in (("ln_pre", "visual.ln_pre"), ("ln_final", "visual.ln_post")):
+    out[f"{theirs}.weight"], out[f"{theirs}.bias"] = a(vit[ours]["scale"]), a(vit[ours]["bias"])
+  flat_in = lambda k: a(k).reshape(k.shape[0], -1).T        # [in, H, h] -> torch [out, in]
+  for i in range(v["depth"]):
+    b, p = vit[f"block_{i}"], f"visual.transformer.resblocks.{i}"
+    for ours, theirs in (("ln_attn", "ln_1"), ("ln_mlp", "ln_2")):
+      out[f"{p}.{theirs}.weight"], out[f"{p}.{theirs}.bias"] = a(b[ours]["scale"]), a(b[ours]["bias"])
+    attn = b["attn"]
+    out[f"{p}.attn.in_proj_weight"] = np.concatenate([flat_in(attn[n]["kernel"]) for n in ("query", "key", "value")])
+    out[f"{p}.attn.in_proj_bias"] = np.concatenate([a(attn[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
+    out[f"{p}.attn.out_proj.weight"] = a(attn["out"]["kernel"]).reshape(width, width).T
+    out[f"{p}.attn.out_proj.bias"] = a(attn["out"]["bias"])
+    for ours, theirs in (("fc1", "c_fc"), ("fc2", "c_proj")):
+      out[f"{p}.mlp.{theirs}.weight"] = a(b["mlp"][ours]["kernel"]).T
+      out[f"{p}.mlp.{theirs}.bias"] = a(b["mlp"][ours]["bias"])
+  d, q = model_config["embed_dim"], "pool_project.pooler"
+  out["pool_project.query_token"] = a(pool["query_token"]).reshape(1, 1, d)
+  for s in "qkv":
+    out[f"{q}.norm1_{s}.weight"], out[f"{q}.norm1_{s}.bias"] = a(pool[f"ln_{s}"]["scale"]), a(pool[f"ln_{s}"]["bias"])
+  for s, name in (("q", "query"), ("k", "key"), ("v", "value")):
+    out[f"{q}.cross_attn.{s}.weight"] = flat_in(pool[name]["kernel"])
+    out[f"{q}.cross_attn.{s}_bias"] = a(pool[name]["bias"]).reshape(-1)
+  out[f"{q}.cross_attn.proj.weight"] = a(pool["out"]["kernel"]).reshape(d, d).T
+  return {k: np.ascontiguousarray(x) for k, x in out.items()}
 
 
 def _t(x):
