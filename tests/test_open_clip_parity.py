@@ -121,3 +121,23 @@ def test_export_to_open_clip_is_the_exact_inverse_of_the_import(imported, tmp_pa
   torch_files.write_safetensors(path, back)
   again = open_clip.vision_params(torch_files.read_state_dict(path), model)
   jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_the_import_command_writes_what_load_vision_encoder_reads(imported, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  _, _, _, want = imported
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tiny = ["--config.model.vit.image_size=32", "--config.model.vit.patch_size=8", "--config.model.vit.width=64",
+          "--config.model.vit.depth=2", "--config.model.vit.num_heads=4", "--config.model.vit.mlp_dim=256",
+          "--config.model.embed_dim=64", "--config.model.pool_heads=4", "--config.model.dtype=float32"]
+  run = lambda checkpoint, out: subprocess.run(
+      [sys.executable, "-m", "lcl_jax.interop.open_clip", "--config=configs/lcl_vitb16_laion_openclip.py:runlocal",
+       f"--checkpoint={checkpoint}", f"--output={out}", *tiny], cwd=repo, capture_output=True, text=True, timeout=300)
+  proc = run(FIXTURE + ".pt", tmp_path / "vision")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, v = lcl_jax.load_vision_encoder(str(tmp_path / "vision"))(want["images"])
+  np.testing.assert_allclose(np.asarray(v), want["pooled"], atol=2e-5, rtol=1e-5)
+  proc = run(os.path.join(os.path.dirname(FIXTURE), "torch_small.pt"), tmp_path / "wrong")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("lcl_jax: The checkpoint does not match"), proc.stderr

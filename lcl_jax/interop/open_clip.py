@@ -22,6 +22,7 @@ Mapping, torch name -> ours (unscanned blocks; Linear weights are [out, in] in t
 Unused: visual.proj (the authors set it to None), and the text tower (text.*, lm_head.*, logit_scale) for a vision
 encoder. Any other missing, extra or mis-shaped tensor is an error that lists them all.
 """
+import json
 import re
 from typing import Mapping
 
@@ -175,21 +176,21 @@ def _heads_or_none(w, heads):
 
 
 def main(argv):
+  import sys  # pylint: disable=import-outside-toplevel
   from absl import app  # pylint: disable=import-outside-toplevel
   from lcl_jax import export  # pylint: disable=import-outside-toplevel
   from lcl_jax.interop import torch_files  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  model = json_model(config)
-  params = vision_params(torch_files.read_state_dict(_CHECKPOINT.value), model)
+  model = json.loads(config.model.to_json())
+  try:
+    params = vision_params(torch_files.read_state_dict(_CHECKPOINT.value), model)
+  except (ConversionError, torch_files.CheckpointFormatError, OSError) as e:
+    print(f"lcl_jax: {e}", file=sys.stderr)
+    sys.exit(2)
   export.write_artefact(_OUTPUT.value, model, params, step=None, name=f"{config.get('name', '')} (imported)")
   print(f"Wrote {_OUTPUT.value}: lcl_jax.load_vision_encoder({_OUTPUT.value!r}).")
-
-
-def json_model(config) -> dict:
-  import json  # pylint: disable=import-outside-toplevel
-  return json.loads(config.model.to_json())
 
 
 if __name__ == "__main__":
