@@ -87,16 +87,21 @@ def _open(path: str, mode: str):
   return open(path, mode)
 
 
-def load_vision_encoder(path: str, *, dtype: Optional[str] = None) -> VisionEncoder:
-  """An exported folder -> VisionEncoder. `dtype` overrides the compute dtype (e.g. "float32" for exact features
-  on hardware without fast bfloat16); parameters stay float32."""
+def read_artefact(path: str):
+  """An exported folder -> (config.json's dict, the params as nested dicts of numpy arrays)."""
   with _open(os.path.join(path, CONFIG_FILE), "r") as f:
     meta = json.load(f)
   if meta.get("format") != FORMAT or meta.get("version") != VERSION:
     raise ValueError(f"{path} is not a {FORMAT} v{VERSION} artefact (config.json says "
                      f"{meta.get('format')!r} v{meta.get('version')!r}).")
   with _open(os.path.join(path, PARAMS_FILE), "rb") as f:
-    params = serialization.msgpack_restore(f.read())
+    return meta, serialization.msgpack_restore(f.read())
+
+
+def load_vision_encoder(path: str, *, dtype: Optional[str] = None) -> VisionEncoder:
+  """An exported folder -> VisionEncoder. `dtype` overrides the compute dtype (e.g. "float32" for exact features
+  on hardware without fast bfloat16); parameters stay float32."""
+  meta, params = read_artefact(path)
   config = dict(meta["model"])
   if dtype is not None:
     config["dtype"] = dtype
@@ -178,7 +183,8 @@ def main(argv):
 
 def export_open_clip(config, workdir: str, output: str, *, step: Optional[int] = None) -> str:
   """The vision encoder as the authors' open_clip tensors (`visual.*`, `pool_project.*`) in
-  <output>/open_clip_vision.safetensors, written without torch; needs the open_clip layout
+  <output>/open_clip_vision.safetensors (beside the lcl_jax artefact it is made from, <output>/lcl_jax_artefact),
+  written without torch; needs the open_clip layout
   (configs/lcl_vitb16_laion_openclip.py). Their text tower is not ported, so this is the vision half of their
   state dict: load it with `model.load_state_dict(safetensors.torch.load_file(PATH), strict=False)`."""
   from lcl_jax.interop import open_clip, torch_files  # pylint: disable=import-outside-toplevel

@@ -1,10 +1,8 @@
 """Starting a run from an exported artefact (`config.init_from`): its parameters replace the fresh ones they name."""
 import json
-import os
 
 import jax
 import numpy as np
-from flax import serialization
 
 from lcl_jax import config_checks, export
 
@@ -31,15 +29,10 @@ def load_into(params, shardings, path: str, model_config=None):
   initialised state. Every swapped leaf must have the shape it replaces, and the artefact's architecture options
   must be the config's (`model_config`, the model section); the optimizer state stays fresh."""
   try:
-    with export._open(os.path.join(path, export.CONFIG_FILE), "r") as f:  # pylint: disable=protected-access
-      meta = json.load(f)
-    with export._open(os.path.join(path, export.PARAMS_FILE), "rb") as f:  # pylint: disable=protected-access
-      loaded = serialization.msgpack_restore(f.read())
+    meta, loaded = export.read_artefact(path)
   except (OSError, ValueError) as e:
     raise config_checks.ConfigError(f"config.init_from={path!r} cannot be read ({type(e).__name__}: {e}); point it "
                                     "at a folder written by lcl_jax.export or lcl_jax.interop.open_clip.") from None
-  if meta.get("format") != export.FORMAT:
-    raise config_checks.ConfigError(f"config.init_from={path!r} is not an {export.FORMAT} artefact.")
   problems = _architecture_differences(meta.get("model", {}), json.loads(model_config.to_json())) \
       if model_config is not None else []
   for key, tree in loaded.items():
