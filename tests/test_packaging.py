@@ -34,14 +34,17 @@ def test_the_wheel_installs_and_imports_outside_the_checkout(tmp_path):
   (wheel,) = (tmp_path / "dist").glob("lcl_jax-*.whl")
   names = zipfile.ZipFile(wheel).namelist()
   for want in ("lcl_jax/__init__.py", "lcl_jax/export.py", "lcl_jax/models/vit.py", "lcl_jax/EXPORT.md",
-               "data_pipelines/rows.py", "data_pipelines/readers/__init__.py", "configs/common.py"):
+               "data_pipelines/rows.py", "data_pipelines/readers/__init__.py", "configs/common.py",
+               "data_pipelines/clip_bpe/bpe_simple_vocab_16e6.txt.gz", "data_pipelines/clip_bpe/NOTICE"):
     assert want in names, want
   assert not any(n.startswith("tests/") for n in names)
   target = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                  check=True, capture_output=True, timeout=300)
   code = ("import lcl_jax, data_pipelines.rows, configs.vitb16_mmc4; "
+          "from data_pipelines.clip_tokenizer import ClipTokenizer; "
           "assert lcl_jax.__file__.startswith(%r), lcl_jax.__file__; "
+          "assert ClipTokenizer().encode('a dog') == [320, 1929]; "  # the bundled CLIP vocabulary was installed
           "print(lcl_jax.load_vision_encoder.__module__)" % str(target))
   out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target)),
                        check=True, capture_output=True, text=True, timeout=300)
