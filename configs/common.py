@@ -132,7 +132,7 @@ def data_config(sources, *, runlocal, rows_per_batch, images_per_batch, seq_len=
   c = ml_collections.ConfigDict()
   c.sources = dict(sources)            # TFDS source name -> sampling weight (lcl_laion, lcl_mmc4, lcl_obelics)
   c.data_dir = "demo" if runlocal else ""   # TFDS data_dir (local or gs://); "demo": the bundled demo corpus
-  c.tokenizer = "demo" if runlocal else ""  # SentencePiece model path; "demo": the demo corpus's tokenizer
+  c.tokenizer = "demo" if runlocal else ""  # SentencePiece model path; "demo": the demo corpus's; "clip_bpe": CLIP's
   c.seq_len = RUNLOCAL_SEQ_LEN if runlocal else seq_len
   c.rows_per_batch = rows_per_batch    # global rows per step (row budget = this / chunks)
   c.images_per_batch = images_per_batch  # global image slots per step (image budget = this / chunks)

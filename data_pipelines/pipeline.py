@@ -41,7 +41,7 @@ from data_pipelines import documents as documents_lib
 from data_pipelines import row_stream
 from data_pipelines import rows as rows_lib
 from data_pipelines import sampling
-from data_pipelines.tokenizer import Tokenizer
+from data_pipelines.tokenizer import load_tokenizer
 
 # This many rows in a row over the image budget means the config can never feed the source: stop and say so.
 _MAX_CONSECUTIVE_DROPS = 1000
@@ -61,7 +61,7 @@ class _Ready:
 
 
 def resolve_paths(data_config) -> tuple[str, str]:
-  """(data_dir, tokenizer path), with "demo" meaning the bundled demo corpus (built on first use)."""
+  """(data_dir, tokenizer path or "clip_bpe"), with "demo" meaning the bundled demo corpus (built on first use)."""
   data_dir, tokenizer = data_config.data_dir, data_config.tokenizer
   if "demo" in (data_dir, tokenizer):
     from data_pipelines import demo  # pylint: disable=import-outside-toplevel  # builds only when asked for
@@ -103,7 +103,7 @@ class Pipeline:
     self.prefetch = max(1, int(d.get("prefetch_batches", 2)))
 
     data_dir, tokenizer_path = resolve_paths(d)
-    self.tokenizer = Tokenizer(tokenizer_path)
+    self.tokenizer = load_tokenizer(tokenizer_path)
     if self.tokenizer.vocab_size != config.model.decoder.vocab_size:
       raise DataSetupError(f"config.model.decoder.vocab_size={config.model.decoder.vocab_size} but the tokenizer "
                            f"{tokenizer_path} (config.data.tokenizer) has {self.tokenizer.vocab_size} ids; set "

@@ -4,6 +4,9 @@ Layout of every model trained here:
   0 <pad>   1 <s>   2 </s>   3 <boi>   4 <eoi>   5 <img>   6 <unk>   7.. learned pieces
 All six specials are SentencePiece *control* symbols, so `encode` never produces them from text: a document that
 literally contains "<boi>" is tokenised as ordinary characters, and only the row builder places real image spans.
+
+`load_tokenizer(spec)` is what config.data.tokenizer names: a SentencePiece model path, or "clip_bpe" for OpenAI
+CLIP's BPE with the LCL authors' ids (data_pipelines/clip_tokenizer.py, its own layout of special ids).
 """
 import io
 from typing import Iterable, Sequence
@@ -20,6 +23,8 @@ UNK_ID = SPECIAL_TOKENS["unk"]  # right after the control pieces
 _SEED = 0
 # Web paragraphs are long; SentencePiece silently skips lines longer than this many bytes.
 _MAX_SENTENCE_BYTES = 1 << 14
+# config.data.tokenizer naming the bundled CLIP BPE rather than a file (a file of that name needs a path: ./clip_bpe).
+CLIP_BPE = "clip_bpe"
 
 
 class Tokenizer:
@@ -77,6 +82,15 @@ class Tokenizer:
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
+
+
+def load_tokenizer(spec: str):
+  """config.data.tokenizer, "demo" already resolved to its path -> the tokenizer: "clip_bpe" gives
+  data_pipelines.clip_tokenizer.ClipTokenizer, anything else is a SentencePiece model path (local or gs://)."""
+  if spec == CLIP_BPE:
+    from data_pipelines.clip_tokenizer import ClipTokenizer  # pylint: disable=import-outside-toplevel
+    return ClipTokenizer()
+  return Tokenizer(spec)
 
 
 def _lines(texts: Iterable[str]) -> Iterable[str]:

@@ -1,15 +1,18 @@
 """data_pipelines.clip_tokenizer: the LCL authors' ids (tests/fixtures/clip_tokenizer_ids.json, written with their
-code by tools/clip_tokenizer_fixture.py), the one deliberate difference (no special ids from text), the layout and
-rows built with it. No torch."""
+code by tools/clip_tokenizer_fixture.py), the one deliberate difference (no special ids from text), the layout, the
+factory and a pipeline run on it. No torch."""
+import collections
 import json
 import os
 
 import numpy as np
 import pytest
 
-from data_pipelines import clip_tokenizer, rows
+from configs import vitb16_mmc4
+from data_pipelines import clip_tokenizer, pipeline, rows, tokenizer as tokenizer_lib
 from data_pipelines.clip_tokenizer import SPECIAL_TOKENS, ClipTokenizer
 from data_pipelines.errors import DataSetupError
+from pipeline_corpus import laion_docs, mmc4_docs, write_source
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "clip_tokenizer_ids.json")
 FIRST_SPECIAL = 49406
@@ -112,6 +115,20 @@ def test_a_damaged_merges_file_is_refused(tmp_path):
     ClipTokenizer(str(short))
 
 
+def test_factory_picks_the_tokenizer_by_spec(tmp_path):
+  from lcl_jax.evaluators import datasets  # pylint: disable=import-outside-toplevel
+  assert isinstance(tokenizer_lib.load_tokenizer("clip_bpe"), ClipTokenizer)
+  config = vitb16_mmc4.get_config()
+  config.data.tokenizer = "clip_bpe"
+  assert isinstance(datasets.load_tokenizer(config), ClipTokenizer)
+  corpus = [f"the {w} sat on the mat near the {v}." for w in ("cat", "dog", "owl") for v in ("door", "tree")]
+  path = tokenizer_lib.train_tokenizer(corpus * 20, 25, str(tmp_path / "sp.model"))
+  sp = tokenizer_lib.load_tokenizer(path)
+  assert type(sp) is tokenizer_lib.Tokenizer and sp.vocab_size == 25
+  with pytest.raises(Exception, match="clip_bpe"):  # a path ending in clip_bpe is a SentencePiece file
+    tokenizer_lib.load_tokenizer(str(tmp_path / "clip_bpe"))
+
+
 def test_row_builder_writes_the_authors_markers(tok):
   doc = dict(doc_id="d", source="mmc4", texts=["A dog.", "It's sitting!"], images=[b"x"], image_text_index=[1],
              image_sim=[0.9], placement=0)
@@ -122,3 +139,41 @@ def test_row_builder_writes_the_authors_markers(tok):
   assert row.tokens[:n].tolist() in ([49406] + first + span + second + [49407],
                                      [49406] + first + second + span + [49407])
   assert not row.tokens[n:].any()  # padding id 0
+
+
+def _clip_config(data_dir):
+  config = vitb16_mmc4.get_config("runlocal")
+  config.model.vit.image_size, config.model.vit.patch_size = 16, 8  # 4 <img> per span
+  config.model.decoder.vocab_size = clip_tokenizer.VOCAB_SIZE
+  config.model.special_tokens = dict(SPECIAL_TOKENS)
+  config.data.sources = {"lcl_laion": 1.0, "lcl_mmc4": 1.0}
+  config.data.update(dict(data_dir=str(data_dir), tokenizer="clip_bpe", seq_len=64, rows_per_batch=4,
+                          images_per_batch=16, block_docs=4, decode_threads=1))
+  return config
+
+
+def test_a_pipeline_on_clip_bpe_builds_rows_of_its_ids(tmp_path, tok):
+  docs = {"laion": laion_docs(6), "mmc4": mmc4_docs(4, max_images=2)}
+  for source, source_docs in docs.items():
+    write_source(tmp_path, source, source_docs)
+  texts = {d["doc_id"]: d["texts"] for source_docs in docs.values() for d in source_docs}
+  data = pipeline.Pipeline(_clip_config(tmp_path), num_chunks=1, train=False)
+  try:
+    assert isinstance(data.tokenizer, ClipTokenizer)
+    batch, _, info = data.next_with_info()
+  finally:
+    data.close()
+  tokens, segments = batch["tokens"], batch["segment_ids"]
+  assert tokens.max() <= 49410
+  checked = collections.Counter()
+  for r, row_info in enumerate(info):
+    if row_info is None:
+      continue
+    for s, doc_id in enumerate(row_info["doc_ids"], start=1):
+      seg = tokens[r][segments[r] == s].tolist()
+      assert seg[0] == 49406 and seg[-1] == 49407, (doc_id, seg)
+      assert seg.count(49409) == seg.count(49410) >= 1 and seg.count(49408) == 4 * seg.count(49409)
+      words = [i for i in seg if i < FIRST_SPECIAL]
+      assert words == [i for t in texts[doc_id] for i in tok.encode(t)], doc_id
+      checked[row_info["source"]] += 1
+  assert sum(checked.values()) >= 4, checked

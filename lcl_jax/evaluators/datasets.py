@@ -162,12 +162,14 @@ def load(spec, config) -> EvalSet:
 
 
 def load_tokenizer(config):
-  """config.data.tokenizer: a SentencePiece path, or "demo" for the demo corpus's tokenizer."""
-  from data_pipelines.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  path = config.data.tokenizer
-  if path == "demo":
+  """config.data.tokenizer: a SentencePiece path, "clip_bpe" (data_pipelines.clip_tokenizer), or "demo" for the
+  demo corpus's tokenizer."""
+  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  spec = config.data.tokenizer
+  if spec == "demo":
     from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-    path = ensure_demo().tokenizer_path
-  if not path:
-    raise ValueError("Text evaluators need config.data.tokenizer (a SentencePiece model path, or 'demo').")
-  return Tokenizer(path)
+    spec = ensure_demo().tokenizer_path
+  if not spec:
+    raise ValueError("Text evaluators need config.data.tokenizer (a SentencePiece model path, 'clip_bpe', or "
+                     "'demo').")
+  return tokenizer_lib.load_tokenizer(spec)
