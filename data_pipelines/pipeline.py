@@ -108,6 +108,16 @@ class Pipeline:
       raise DataSetupError(f"config.model.decoder.vocab_size={config.model.decoder.vocab_size} but the tokenizer "
                            f"{tokenizer_path} (config.data.tokenizer) has {self.tokenizer.vocab_size} ids; set "
                            f"--config.model.decoder.vocab_size={self.tokenizer.vocab_size}.")
+    # The model finds image spans and text by config.model.special_tokens; rows carry the tokenizer's ids. Two
+    # tokenizers (SentencePiece here, CLIP BPE) place them differently, so a mismatch would train on wrong spans.
+    roles = ("pad", "bos", "eos", "boi", "eoi", "img")
+    wanted = {role: config.model.special_tokens.get(role) for role in roles}
+    given = {role: getattr(self.tokenizer, f"{role}_id") for role in roles}
+    if wanted != given:
+      raise DataSetupError(f"config.model.special_tokens has {wanted} but the tokenizer {tokenizer_path} "
+                           f"(config.data.tokenizer) writes {given}; the config must use the tokenizer's ids "
+                           f"(configs.common.SPECIAL_TOKENS for SentencePiece, "
+                           f"data_pipelines.clip_tokenizer.SPECIAL_TOKENS for clip_bpe).")
     self.names = sorted(name for name, weight in d.sources.items() if weight > 0)
     if not self.names:
       raise DataSetupError(f"config.data.sources={dict(d.sources)} has no positive weight.")

@@ -177,3 +177,10 @@ def test_a_pipeline_on_clip_bpe_builds_rows_of_its_ids(tmp_path, tok):
       assert words == [i for t in texts[doc_id] for i in tok.encode(t)], doc_id
       checked[row_info["source"]] += 1
   assert sum(checked.values()) >= 4, checked
+
+
+def test_a_config_with_other_special_ids_is_refused(tmp_path):
+  config = _clip_config(tmp_path)
+  config.model.special_tokens = vitb16_mmc4.get_config().model.special_tokens  # SentencePiece's 0..6
+  with pytest.raises(DataSetupError, match="special_tokens"):
+    pipeline.Pipeline(config, num_chunks=1)
