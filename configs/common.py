@@ -64,6 +64,10 @@ def decoder_config(*, runlocal=False, vocab_size=DEFAULT_VOCAB_SIZE, seq_len=204
   c.vocab_size = vocab_size            # must equal the tokenizer's vocabulary size
   c.max_len = seq_len                  # learned position table length (>= data seq_len)
   c.tie_embeddings = True              # LM head shares the token embedding (as OPT)
+  # The authors' CLIP-shaped text tower (configs/lcl_vitb16_laion_openclip.py): an LM head of its own, LayerNorm +
+  # Linear, instead of one final LayerNorm that the LM and context heads share (needs tie_embeddings=False).
+  c.lm_head_norm = False
+  c.activation = "gelu_tanh"           # MLP: gelu_tanh, gelu (exact, the authors') or quick_gelu
   c.remat = False                      # rematerialise each block in the backward pass
   c.scan_layers = False                # stack the blocks under nn.scan (params gain a leading `layers` axis)
   if runlocal:
@@ -80,6 +84,7 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   c.embed_dim = 64 if runlocal else embed_dim  # D_e, width of v and t
   c.pool_heads = 4 if runlocal else c.vit.num_heads  # attention-pooling heads
   c.pool = "lcl_jax"                   # "open_clip": the authors' pool, whose value path feeds the decoder
+  c.context_proj_bias = True           # the context head's projection to D_e (the authors': a bare matrix)
   c.dtype = "bfloat16"                 # compute dtype; params are always param_dtype
   c.param_dtype = "float32"
   c.logit_scale_init = 2.6592600345611572  # log(1 / 0.07), learned from there
@@ -151,7 +156,7 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
   config.name = name                   # run name (logs, exported artefacts)
   config.seed = 0                      # params, dropout and data order
   config.runlocal = runlocal           # tiny model + bundled demo corpus
-  # An artefact folder (lcl_jax.export, lcl_jax.interop.open_clip) whose parameters replace the fresh ones they name
+  # An artefact folder (lcl_jax.export, lcl_jax.convert) whose parameters replace the fresh ones they name
   # (e.g. the vision encoder) when a run starts; the optimizer starts fresh. Ignored when the workdir resumes.
   config.init_from = ""
   config.model = model_config(

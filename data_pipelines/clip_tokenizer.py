@@ -69,8 +69,9 @@ class ClipTokenizer:
   """CLIP BPE as the LCL authors use it; the interface of data_pipelines.tokenizer.Tokenizer (see module docstring).
 
   Attributes: pad_id bos_id eos_id img_id boi_id eoi_id (SPECIAL_TOKENS), unk_id None, vocab_size 49411,
-  path (the merges file), serialized_model (its bytes, gzip).
+  path (the merges file), serialized_model (its bytes, gzip), special_tokens (role -> id).
   """
+  kind, file_name = "clip_bpe", "bpe_simple_vocab_16e6.txt.gz"  # how exported artefacts store it (lcl_jax/export.py)
 
   def __init__(self, path: str = VOCAB_PATH):
     with open(path, "rb") as f:
@@ -97,6 +98,7 @@ class ClipTokenizer:
     self.img_id = SPECIAL_TOKENS["img"]
     self.boi_id = SPECIAL_TOKENS["boi"]
     self.eoi_id = SPECIAL_TOKENS["eoi"]
+    self.special_tokens = dict(SPECIAL_TOKENS)  # role -> id, as the config's
     self.unk_id = None
     self.vocab_size = VOCAB_SIZE
     self._special_piece = {SPECIAL_TOKENS[name]: piece for name, piece in SPECIAL_PIECES.items()}

@@ -16,18 +16,17 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-from configs.common import SPECIAL_TOKENS
 from data_pipelines import pipeline
 
 KIND_COLOURS = {"text": "#4C72B0", "markers": "#DD8452", "img": "#55A868", "pad": "#E5E5E5"}
 _LINE = 64  # token cells per line of the picture
 
 
-def token_kinds(tokens, segment_ids) -> np.ndarray:
-  """str [L]: text / markers / img / pad, as batch_stats counts them."""
+def token_kinds(tokens, segment_ids, special_tokens) -> np.ndarray:
+  """str [L]: text / markers / img / pad, as batch_stats counts them (special_tokens: the tokenizer's)."""
   kinds = np.full(len(tokens), "text", dtype=object)
-  kinds[np.isin(tokens, [SPECIAL_TOKENS[k] for k in ("bos", "eos", "boi", "eoi")])] = "markers"
-  kinds[tokens == SPECIAL_TOKENS["img"]] = "img"
+  kinds[np.isin(tokens, [special_tokens[k] for k in ("bos", "eos", "boi", "eoi")])] = "markers"
+  kinds[tokens == special_tokens["img"]] = "img"
   kinds[segment_ids == 0] = "pad"
   return kinds
 
@@ -35,23 +34,24 @@ def token_kinds(tokens, segment_ids) -> np.ndarray:
 def row_text(tokenizer, tokens, segment_ids) -> str:
   """The row with special pieces shown, <img> runs collapsed and segments on their own lines."""
   out, i, n = [], 0, int((segment_ids > 0).sum())
+  img = tokenizer.img_id
   while i < n:
     if i and segment_ids[i] != segment_ids[i - 1]:
       out.append("\n")
     j = i
-    if tokens[i] == SPECIAL_TOKENS["img"]:
-      while j < n and tokens[j] == SPECIAL_TOKENS["img"]:
+    if tokens[i] == img:
+      while j < n and tokens[j] == img:
         j += 1
       out.append(f"<img>x{j - i}")
     else:
-      while j < n and tokens[j] != SPECIAL_TOKENS["img"] and segment_ids[j] == segment_ids[i]:
+      while j < n and tokens[j] != img and segment_ids[j] == segment_ids[i]:
         j += 1
       out.append(tokenizer.decode(tokens[i:j], show_special=True))
     i = j
   return "".join(out) + f"\n<pad>x{len(tokens) - n}"
 
 
-def draw_row(path, tokens, segment_ids, images, title=""):
+def draw_row(path, tokens, segment_ids, images, special_tokens, title=""):
   """PNG of one row: token cells coloured by kind with segment boundaries (thick lines) and each span's number at
   its <boi>; below, the span images as the ViT receives them, labelled with their number and token range."""
   import matplotlib  # pylint: disable=import-outside-toplevel  # only the picture needs it
@@ -59,9 +59,9 @@ def draw_row(path, tokens, segment_ids, images, title=""):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   from matplotlib.patches import Patch, Rectangle  # pylint: disable=import-outside-toplevel
 
-  kinds = token_kinds(tokens, segment_ids)
+  kinds = token_kinds(tokens, segment_ids, special_tokens)
   lines = -(-len(tokens) // _LINE)
-  starts = np.flatnonzero(tokens == SPECIAL_TOKENS["boi"])
+  starts = np.flatnonzero(tokens == special_tokens["boi"])
   per_line = 16  # thumbnails per line of the strip
   strip_lines = -(-len(starts) // per_line)
   fig = plt.figure(figsize=(14, 0.25 * lines + 1.1 * strip_lines + 1.2))
@@ -85,7 +85,7 @@ def draw_row(path, tokens, segment_ids, images, title=""):
   for j, start in enumerate(starts):
     thumb = fig.add_subplot(strip[j // per_line, j % per_line])
     thumb.imshow(images[j], interpolation="nearest")
-    end = start + 1 + int((tokens[start + 1:] == SPECIAL_TOKENS["img"]).argmin())
+    end = start + 1 + int((tokens[start + 1:] == special_tokens["img"]).argmin())
     thumb.set_title(f"{j}: {start}-{end}", fontsize=6)
     thumb.axis("off")
   fig.savefig(path, dpi=150, bbox_inches="tight")
@@ -111,7 +111,7 @@ def run(config, *, num_batches: int, num_chunks: int = 1, output: str = "") -> d
     print(f"  {name:44s} {value:12.4f}")
 
   batch, info = first
-  spans = (batch["tokens"] == SPECIAL_TOKENS["boi"]).sum(axis=1)
+  spans = (batch["tokens"] == data.tokenizer.boi_id).sum(axis=1)
   row = int(np.argmax(spans * 10_000 + (batch["segment_ids"] > 0).sum(axis=1)))  # most images, then fullest
   per_chunk_rows = len(batch["tokens"]) // num_chunks
   chunk = row // per_chunk_rows
@@ -123,7 +123,7 @@ def run(config, *, num_batches: int, num_chunks: int = 1, output: str = "") -> d
   if output:
     title = (f"row {row} of batch 0: {where.get('source')}, {len(images)} images, "
              f"{int((batch['segment_ids'][row] > 0).sum())}/{len(batch['tokens'][row])} tokens used")
-    draw_row(output, batch["tokens"][row], batch["segment_ids"][row], images, title)
+    draw_row(output, batch["tokens"][row], batch["segment_ids"][row], images, data.tokenizer.special_tokens, title)
     print(f"wrote {os.path.abspath(output)}")
   return means
 

@@ -110,9 +110,8 @@ class Pipeline:
                            f"--config.model.decoder.vocab_size={self.tokenizer.vocab_size}.")
     # The model finds image spans and text by config.model.special_tokens; rows carry the tokenizer's ids. Two
     # tokenizers (SentencePiece here, CLIP BPE) place them differently, so a mismatch would train on wrong spans.
-    roles = ("pad", "bos", "eos", "boi", "eoi", "img")
-    wanted = {role: config.model.special_tokens.get(role) for role in roles}
-    given = {role: getattr(self.tokenizer, f"{role}_id") for role in roles}
+    given = self.tokenizer.special_tokens
+    wanted = {role: config.model.special_tokens.get(role) for role in given}
     if wanted != given:
       raise DataSetupError(f"config.model.special_tokens has {wanted} but the tokenizer {tokenizer_path} "
                            f"(config.data.tokenizer) writes {given}; the config must use the tokenizer's ids "
@@ -312,7 +311,7 @@ class Pipeline:
     for chunk in chunks:
       info += [dict(source=r.source, doc_ids=r.doc_ids, epoch=r.epoch) for r in chunk]
       info += [None] * (self.rows_per_chunk - len(chunk))
-    metrics = batch_stats.batch_stats(batch)
+    metrics = batch_stats.batch_stats(batch, self.tokenizer.special_tokens)
     for name in self.names:
       mine = [r for chunk in chunks for r in chunk if r.source == name]
       metrics[f"rows/{name}"] = float(len(mine))

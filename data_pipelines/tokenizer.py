@@ -32,6 +32,7 @@ class Tokenizer:
 
   Raises ValueError on load if they do not, so a model trained elsewhere cannot silently shift every image token.
   """
+  kind, file_name = "sentencepiece", "tokenizer.model"  # how exported artefacts store it (lcl_jax/export.py)
 
   def __init__(self, path: str):
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -56,6 +57,7 @@ class Tokenizer:
     self.boi_id = SPECIAL_TOKENS["boi"]
     self.eoi_id = SPECIAL_TOKENS["eoi"]
     self.img_id = SPECIAL_TOKENS["img"]
+    self.special_tokens = {name: SPECIAL_TOKENS[name] for name in SPECIAL_PIECES}  # role -> id, as the config's
     self.unk_id = self._sp.unk_id()
     self.vocab_size = self._sp.get_piece_size()
     self._special_ids = frozenset(SPECIAL_TOKENS[name] for name in SPECIAL_PIECES)  # decode keeps <unk>

@@ -8,7 +8,9 @@ The config comes from --config, else from <workdir>/config.json (written by trai
                    and for a whole model the decoder and special tokens)}
   params.msgpack  flax.serialization msgpack of the float32 parameters: {"vit": ..., "pool": ...}, or every
                   parameter of the LCL model with --whole_model (the vision encoder is its "vit" and "pool").
-  tokenizer.model with --whole_model: the run's SentencePiece model (the decoder's ids mean nothing without it).
+  tokenizer file with --whole_model (the decoder's ids mean nothing without it): config.json's "tokenizer" names
+                  it and "tokenizer_kind" says which: "sentencepiece" (tokenizer.model) or "clip_bpe" (CLIP's BPE
+                  merges, bpe_simple_vocab_16e6.txt.gz).
 `lcl_jax.load_vision_encoder(PATH)` reads either kind (see lcl_jax/EXPORT.md). The loader imports flax and
 lcl_jax.models only: no configs/, ml_collections, orbax or tensorflow.
 """
@@ -25,7 +27,7 @@ from flax import serialization
 from lcl_jax.models.vit import pool_from_config, vit_from_config
 
 FORMAT, VERSION = "lcl_jax.vision_encoder", 1
-CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE = "config.json", "params.msgpack", "tokenizer.model"
+CONFIG_FILE, PARAMS_FILE = "config.json", "params.msgpack"
 VISION_KEYS = ("vit", "embed_dim", "pool_heads", "pool", "dtype", "param_dtype")  # a vision encoder's model section
 
 
@@ -123,15 +125,16 @@ def export(config, workdir: str, output: str, *, step: Optional[int] = None, who
     tokenizer = None
     if whole_model and config.data.get("tokenizer"):
       from lcl_jax.evaluators import datasets  # pylint: disable=import-outside-toplevel
-      tokenizer = datasets.load_tokenizer(config).serialized_model
+      tokenizer = datasets.load_tokenizer(config)
     write_artefact(output, model, params, step=int(step), name=config.get("name", ""), whole_model=whole_model,
                    tokenizer=tokenizer)
   return output
 
 
 def write_artefact(output: str, model: Mapping[str, Any], params, *, step: Optional[int], name: str,
-                   whole_model: bool = False, tokenizer: Optional[bytes] = None) -> str:
-  """The artefact folder from a model section (plain dicts) and its params ({"vit", "pool"} or every param)."""
+                   whole_model: bool = False, tokenizer=None) -> str:
+  """The artefact folder from a model section (plain dicts) and its params ({"vit", "pool"} or every param), with
+  the tokenizer's file (a data_pipelines tokenizer: its `kind`, `file_name` and `serialized_model`) if given."""
   if not whole_model:
     model = {k: model[k] for k in VISION_KEYS if k in model}
   meta = dict(format=FORMAT, version=VERSION, contents="whole_model" if whole_model else "vision_encoder",
@@ -141,9 +144,9 @@ def write_artefact(output: str, model: Mapping[str, Any], params, *, step: Optio
   with _open(os.path.join(output, PARAMS_FILE), "wb") as f:
     f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
   if tokenizer is not None:
-    with _open(os.path.join(output, TOKENIZER_FILE), "wb") as f:
-      f.write(tokenizer)
-    meta["tokenizer"] = TOKENIZER_FILE
+    with _open(os.path.join(output, tokenizer.file_name), "wb") as f:
+      f.write(tokenizer.serialized_model)
+    meta.update(tokenizer=tokenizer.file_name, tokenizer_kind=tokenizer.kind)
   with _open(os.path.join(output, CONFIG_FILE), "w") as f:  # last: its presence marks a complete artefact
     json.dump(meta, f, indent=2, sort_keys=True)
   return output
@@ -175,26 +178,40 @@ def main(argv):
   config = read_run_config(f.workdir, f.config)
   if f.format == "open_clip":
     path = export_open_clip(config, f.workdir, f.output, step=f.checkpoint_step)
-    print(f"Exported the vision encoder as the authors' open_clip tensors to {path}")
+    print(f"Exported the authors' open_clip tensors to {path}: {', '.join(sorted(os.listdir(path)))}")
     return
   export(config, f.workdir, f.output, step=f.checkpoint_step, whole_model=f.whole_model)
   print(f"Exported {'the whole model' if f.whole_model else 'the vision encoder'} to {f.output}")
 
 
+OPEN_CLIP_NAME = "LCL_lcl_jax"  # their factory picks its LCL class for a name containing "lcl"
+
+
 def export_open_clip(config, workdir: str, output: str, *, step: Optional[int] = None) -> str:
-  """The vision encoder as the authors' open_clip tensors (`visual.*`, `pool_project.*`) in
-  <output>/open_clip_vision.safetensors (beside the lcl_jax artefact it is made from, <output>/lcl_jax_artefact),
-  written without torch; needs the open_clip layout
-  (configs/lcl_vitb16_laion_openclip.py). Their text tower is not ported, so this is the vision half of their
-  state dict: load it with `model.load_state_dict(safetensors.torch.load_file(PATH), strict=False)`."""
+  """The run as the authors' open_clip tensors, written without torch, beside the lcl_jax artefact they are made
+  from (<output>/lcl_jax_artefact). A model in their whole layout (configs/lcl_vitb16_laion_openclip.py) gives
+  <output>/open_clip_model.pt (torch.save's format: their `open_clip.create_model(name, pretrained=PATH)` loads it
+  strictly) and .safetensors, plus <output>/LCL_lcl_jax.json, their model config (`open_clip.add_model_config(
+  output)`, then name "LCL_lcl_jax"; a run of their LCL_ViT-B-16_laion shape can use that name instead). Any other
+  decoder gives the vision half, <output>/open_clip_vision.safetensors (`visual.*`, `pool_project.*`): load it with
+  `model.load_state_dict(safetensors.torch.load_file(PATH), strict=False)`. Returns <output>."""
   from lcl_jax.interop import open_clip, torch_files  # pylint: disable=import-outside-toplevel
-  tmp = export(config, workdir, os.path.join(output, "lcl_jax_artefact"), step=step)
-  encoder = load_vision_encoder(tmp)
-  path = os.path.join(output, "open_clip_vision.safetensors")
+  model = json.loads(config.model.to_json())
+  whole = open_clip.has_authors_text_tower(model)
+  tmp = export(config, workdir, os.path.join(output, "lcl_jax_artefact"), step=step, whole_model=whole)
+  meta, params = read_artefact(tmp)
+  metadata = {"format": "pt", "source": "lcl_jax", "step": str(meta.get("step"))}
   if jax.process_index() == 0:
-    torch_files.write_safetensors(path, open_clip.vision_state_dict(encoder.params, encoder.config),
-                                  metadata={"format": "pt", "source": "lcl_jax", "step": str(encoder.step)})
-  return path
+    if whole:
+      tensors = open_clip.state_dict(params, model)
+      torch_files.write_safetensors(os.path.join(output, "open_clip_model.safetensors"), tensors, metadata=metadata)
+      torch_files.write_torch_zip(os.path.join(output, "open_clip_model.pt"), tensors)
+      with _open(os.path.join(output, f"{OPEN_CLIP_NAME}.json"), "w") as f:
+        json.dump(open_clip.open_clip_model_config(model), f, indent=2)
+    else:
+      torch_files.write_safetensors(os.path.join(output, "open_clip_vision.safetensors"),
+                                    open_clip.vision_state_dict(params, model), metadata=metadata)
+  return output
 
 
 if __name__ == "__main__":
@@ -205,7 +222,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("checkpoint_step", None, "Step to export (default: the latest checkpoint).")
   flags.DEFINE_bool("whole_model", False, "Export every parameter of the LCL model, not only the vision encoder.")
   flags.DEFINE_enum("format", "lcl_jax", ["lcl_jax", "open_clip"], "lcl_jax: the artefact load_vision_encoder "
-                    "reads; open_clip: also the vision encoder as the authors' safetensors (open_clip layout only).")
+                    "reads; open_clip: also the authors' open_clip tensors (the whole model in their layout, else the vision half).")
   flags.DEFINE_string("config", None, "Config file path[:arg]; default <workdir>/config.json.")
   flags.mark_flags_as_required(["workdir", "output"])
   app.run(main)

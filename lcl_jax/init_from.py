@@ -32,7 +32,7 @@ def load_into(params, shardings, path: str, model_config=None):
     meta, loaded = export.read_artefact(path)
   except (OSError, ValueError) as e:
     raise config_checks.ConfigError(f"config.init_from={path!r} cannot be read ({type(e).__name__}: {e}); point it "
-                                    "at a folder written by lcl_jax.export or lcl_jax.interop.open_clip.") from None
+                                    "at a folder written by lcl_jax.export or lcl_jax.convert.") from None
   problems = _architecture_differences(meta.get("model", {}), json.loads(model_config.to_json())) \
       if model_config is not None else []
   for key, tree in loaded.items():

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from lcl_jax import axes
+from lcl_jax.models.lcl import is_text
 
 # A finite "minus infinity": masked columns vanish from the softmax without NaNs in all-masked rows.
 _NEG = -1e9
@@ -93,11 +94,10 @@ def generation_targets(tokens, segment_ids, special_tokens):
   """Next-token targets and weights for [B, L] inputs -> (targets [B, L-1], weights f32 [B, L-1]).
 
   A target counts when it is a text token, `<boi>` or `</s>` in the same segment as the token predicting it;
-  `<img>`, `<eoi>`, `<pad>`, `<s>` and `<unk>` targets weigh zero (text ids start after every special id).
+  `<img>`, `<eoi>`, `<pad>`, `<s>` and `<unk>` targets weigh zero (text: any id not in `special_tokens`).
   """
   targets = tokens[:, 1:]
-  first_text_id = max(special_tokens.values()) + 1
-  wanted = ((targets >= first_text_id) | (targets == special_tokens["boi"])
+  wanted = (is_text(targets, special_tokens) | (targets == special_tokens["boi"])
             | (targets == special_tokens["eos"]))
   same_segment = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
   return targets, (wanted & same_segment).astype(jnp.float32)

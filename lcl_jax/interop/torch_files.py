@@ -4,6 +4,8 @@
 tensors point at raw little-endian storages `<name>/data/<key>`. The pickle is read by an unpickler that resolves
 only the globals a state dict needs (tensor and parameter rebuilds, storage types, OrderedDict) and refuses any other
 with CheckpointFormatError before anything runs: a pickle that would call os.system or import a module never does.
+`write_torch_zip` writes the same format (a state dict's pickle emitted opcode by opcode, so no torch class has to
+exist here), which `torch.load(..., weights_only=True)` reads: the authors' open_clip loads only such files.
 
 `.safetensors`: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the
 bytes. Read and written here rather than with the `safetensors` package: its numpy API has no bfloat16, which
@@ -154,6 +156,59 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Ma
     f.write(struct.pack("<Q", len(blob)) + blob)
     for chunk in chunks:
       f.write(chunk)
+  os.replace(tmp, path)
+
+
+def _pickle_int(i: int) -> bytes:
+  if -2 ** 31 <= i < 2 ** 31:
+    return b"J" + struct.pack("<i", i)                                  # BININT
+  enc = pickle.encode_long(i)
+  return b"\x8a" + bytes([len(enc)]) + enc                             # LONG1
+
+
+def _pickle_str(s: str) -> bytes:
+  b = s.encode()
+  return b"X" + struct.pack("<I", len(b)) + b                           # BINUNICODE
+
+
+def _pickle_global(module: str, name: str) -> bytes:
+  return b"c" + f"{module}\n{name}\n".encode()                         # GLOBAL
+
+
+def _state_dict_pickle(entries) -> bytes:
+  """Protocol-2 pickle of OrderedDict{name: _rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())},
+  storages as persistent ids ("storage", torch.<Type>Storage, key, "cpu", numel), as torch.save writes them."""
+  empty_ordered_dict = _pickle_global("collections", "OrderedDict") + b")R"   # EMPTY_TUPLE REDUCE
+  out = [b"\x80\x02", empty_ordered_dict, b"("]                          # PROTO 2, the dict, MARK
+  for name, storage_type, key, shape, numel in entries:
+    stride = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
+    out += [_pickle_str(name), _pickle_global("torch._utils", "_rebuild_tensor_v2"), b"(",
+            b"(", _pickle_str("storage"), _pickle_global("torch", storage_type), _pickle_str(key),
+            _pickle_str("cpu"), _pickle_int(numel), b"tQ",             # TUPLE BINPERSID
+            _pickle_int(0), b"(", *map(_pickle_int, shape), b"t", b"(", *map(_pickle_int, stride), b"t",
+            b"\x89", empty_ordered_dict, b"tR"]                        # NEWFALSE, hooks; TUPLE REDUCE
+  out.append(b"u.")                                                     # SETITEMS STOP
+  return b"".join(out)
+
+
+def write_torch_zip(path: str, tensors: Mapping[str, np.ndarray]) -> None:
+  """A state dict in torch.save's zip format (one storage per tensor, C order, little-endian), without torch."""
+  types = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items()}
+  root = os.path.splitext(os.path.basename(path))[0] or "archive"
+  entries, storages = [], []
+  for i, name in enumerate(sorted(tensors)):
+    array = np.asarray(tensors[name], order="C")
+    if array.dtype not in types:
+      raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no torch storage type")
+    entries.append((name, types[array.dtype], str(i), list(array.shape), int(array.size)))
+    storages.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+  tmp = f"{path}.tmp"
+  with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+    z.writestr(f"{root}/data.pkl", _state_dict_pickle(entries))
+    z.writestr(f"{root}/byteorder", "little")
+    for i, data in enumerate(storages):
+      z.writestr(f"{root}/data/{i}", data)
+    z.writestr(f"{root}/version", "3\n")
   os.replace(tmp, path)
 
 

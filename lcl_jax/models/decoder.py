@@ -1,4 +1,8 @@
-"""Causal transformer decoder (OPT-125M shape by default): pre-LN blocks, learned positions, LM head."""
+"""Causal transformer decoder (OPT-125M shape by default): pre-LN blocks, learned positions, LM head.
+
+With `lm_head_norm` it is the authors' CLIP-shaped text tower instead: no final LayerNorm shared by every reader of
+the stack's output; the LM head is LayerNorm + Linear of its own (their `lm_head`), and the LCL model's context
+head normalises the same output separately (their `text.ln_final`, models/lcl.py)."""
 from typing import Any
 
 import flax.linen as nn
@@ -12,7 +16,8 @@ ACT = (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_EMBED)
 
 
 class LMHead(nn.Module):
-  """An untied LM head without bias, [D, V]; `kernel` is exposed for the target-only loss."""
+  """An untied LM head without bias, [D, V]; `kernel` is exposed for the target-only loss (which applies it to
+  `Decoder.lm_input(hidden)`)."""
   width: int
   vocab_size: int
   dtype: Dtype
@@ -29,6 +34,7 @@ class LMHead(nn.Module):
 class DecoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
+  activation: str
   attention: str
   interpret: bool
   dtype: Dtype
@@ -43,7 +49,7 @@ class DecoderBlock(nn.Module):
                                      **kw, name="attn")
     x = layers.constrain(x + attn(h, h, segment_ids), ACT)
     h = layers.layer_norm(**kw, name="ln_mlp")(x)
-    return layers.constrain(x + layers.Mlp(self.mlp_dim, **kw, name="mlp")(h, ACT), ACT), None
+    return layers.constrain(x + layers.Mlp(self.mlp_dim, self.activation, **kw, name="mlp")(h, ACT), ACT), None
 
 
 class Decoder(nn.Module):
@@ -51,6 +57,8 @@ class Decoder(nn.Module):
 
   Used in two calls so the LCL model can write image latents between them:
     embed(tokens) -> [B, L, D];  __call__(x, segment_ids, positions) -> hidden [B, L, D];  logits(hidden).
+  `hidden` is what the context head reads; the LM head reads `lm_input(hidden)` (the same array unless
+  lm_head_norm).
   """
   width: int
   depth: int
@@ -59,6 +67,8 @@ class Decoder(nn.Module):
   vocab_size: int
   max_len: int
   tie_embeddings: bool = True
+  lm_head_norm: bool = False  # the authors' layout: LM head = LayerNorm + Linear, no shared final LayerNorm
+  activation: str = "gelu_tanh"  # layers.ACTIVATIONS; the authors' text tower: "gelu" (exact)
   remat: bool = False
   scan_layers: bool = False
   attention: str = "xla"   # kernel (models/attention.py); causal within each segment
@@ -73,7 +83,13 @@ class Decoder(nn.Module):
     self.pos_embed = self.param(
         "pos_embed", layers.param_with_axes(nn.initializers.normal(0.02), (axes.POSITIONS, axes.EMBED)),
         (self.max_len, self.width), self.param_dtype)
-    self.ln_final = layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.lm_head_norm:
+      if self.tie_embeddings:
+        raise ValueError("decoder.lm_head_norm (the authors' separate LM head) needs tie_embeddings=False.")
+      self.lm_head_norm_layer = layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                                  name="lm_head_norm")
+    else:
+      self.ln_final = layers.layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)
     if not self.tie_embeddings:
       self.lm_head = LMHead(self.width, self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -82,17 +98,21 @@ class Decoder(nn.Module):
     return layers.constrain(self.token_embed(tokens), ACT)
 
   def __call__(self, x, segment_ids, positions):
-    """x [B, L, D] input embeddings -> final-LayerNorm hidden states [B, L, D]."""
+    """x [B, L, D] input embeddings -> hidden states [B, L, D] (after the final LayerNorm unless lm_head_norm)."""
     if x.shape[1] > self.max_len:
       raise ValueError(f"Sequence length {x.shape[1]} exceeds the decoder's max_len {self.max_len}.")
     x = x + jnp.take(self.pos_embed, positions, axis=0).astype(self.dtype)
     x = layers.constrain(x, ACT)
     x = self._blocks(x, segment_ids)
-    return self.ln_final(x)
+    return x if self.lm_head_norm else self.ln_final(x)
+
+  def lm_input(self, hidden):
+    """hidden [..., D] -> what the LM head matrix multiplies."""
+    return self.lm_head_norm_layer(hidden) if self.lm_head_norm else hidden
 
   @nn.compact
   def _blocks(self, x, segment_ids):
-    args = (self.num_heads, self.mlp_dim, self.attention, self.interpret, self.dtype, self.param_dtype)
+    args = (self.num_heads, self.mlp_dim, self.activation, self.attention, self.interpret, self.dtype, self.param_dtype)
     return layers.apply_blocks(DecoderBlock, args, x, segment_ids, depth=self.depth, remat=self.remat,
                                scan=self.scan_layers, per_layer_side=False)
 
@@ -103,7 +123,8 @@ class Decoder(nn.Module):
     return jnp.asarray(head, self.dtype)
 
   def logits(self, hidden):
-    """[..., D] -> [..., V] in float32 (the softmax that follows is float32)."""
+    """hidden [..., D] -> [..., V] in float32 (the softmax that follows is float32)."""
+    hidden = self.lm_input(hidden)
     if self.tie_embeddings:
       out = self.token_embed.attend(hidden)
     else:

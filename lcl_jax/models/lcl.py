@@ -47,18 +47,24 @@ def boi_index(tokens, boi_id, num_chunks, images_per_chunk):
   return jnp.minimum(pos, tok.shape[1] - 1), found
 
 
-def text_before_in_segment(tokens, positions, first_text_id):
+def is_text(tokens, special_tokens):
+  """bool, tokens' shape: not one of the special ids (which need not be contiguous: the authors' CLIP ids are 0 and
+  49406-49410)."""
+  return ~jnp.isin(tokens, jnp.asarray(sorted(set(special_tokens.values())), tokens.dtype))
+
+
+def text_before_in_segment(tokens, positions, special_tokens):
   """int [B, L]: how many text tokens precede each position within its own segment."""
-  is_text = (tokens >= first_text_id).astype(jnp.int32)
-  before = jnp.cumsum(is_text, axis=1) - is_text                        # exclusive, whole row
+  is_text_ = is_text(tokens, special_tokens).astype(jnp.int32)
+  before = jnp.cumsum(is_text_, axis=1) - is_text_                       # exclusive, whole row
   start = jnp.arange(tokens.shape[1])[None, :] - positions              # segment start per position
   return before - jnp.take_along_axis(before, jnp.maximum(start, 0), axis=1)
 
 
 class LCL(nn.Module):
   """batch -> dict(logits [B, L, V] f32 | None, hidden [B, L, D_lm], lm_head [D_lm, V], v [N, D_e] f32,
-  t [N, D_e] f32, contrastive_valid [N], logit_scale []). `hidden` and `lm_head` let the loss run the LM head
-  on target positions only (training passes compute_logits=False)."""
+  t [N, D_e] f32, contrastive_valid [N], logit_scale []). `hidden` (the LM head's input) and `lm_head` let the
+  loss run the LM head on target positions only (training passes compute_logits=False)."""
   config: Mapping  # the model section of the config (ConfigDict or dict)
 
   def setup(self):
@@ -76,13 +82,15 @@ class LCL(nn.Module):
                        f"the decoder, so embed_dim must equal model.decoder.width={d['width']}.")
     self.decoder = Decoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
                            mlp_dim=d["mlp_dim"], vocab_size=d["vocab_size"], max_len=d["max_len"],
-                           tie_embeddings=d["tie_embeddings"], remat=d["remat"], scan_layers=d["scan_layers"],
-                           attention=decoder_kernel, dtype=dtype, param_dtype=pdtype)
+                           tie_embeddings=d["tie_embeddings"], lm_head_norm=d.get("lm_head_norm", False),
+                           activation=d.get("activation", "gelu_tanh"), remat=d["remat"],
+                           scan_layers=d["scan_layers"], attention=decoder_kernel, dtype=dtype, param_dtype=pdtype)
     if not self.latents_from_pool:
       self.image_proj = layers.dense(d["width"], axes.KV, axes.EMBED, dtype=dtype, param_dtype=pdtype)
+    # The context head, LayerNorm + projection to D_e (the authors' text.ln_final and bias-free text_projection).
     self.context_norm = layers.layer_norm(dtype=dtype, param_dtype=pdtype)
-    self.context_proj = layers.dense(c["embed_dim"], axes.EMBED, axes.KV, dtype=dtype,
-                                     param_dtype=pdtype)
+    self.context_proj = layers.dense(c["embed_dim"], axes.EMBED, axes.KV, dtype=dtype, param_dtype=pdtype,
+                                     use_bias=c.get("context_proj_bias", True))
     self.logit_scale = self.param(
         "logit_scale", layers.param_with_axes(nn.initializers.constant(c["logit_scale_init"]), ()),
         (), pdtype)
@@ -119,7 +127,6 @@ class LCL(nn.Module):
     if tokens.shape[0] % num_chunks or n % num_chunks:
       raise ValueError(f"rows ({tokens.shape[0]}) and image slots ({n}) must both divide into "
                        f"num_chunks={num_chunks}.")
-    first_text_id = max(st.values()) + 1
 
     z, v = self.encode_images(images, deterministic=not train)
     z = layers.constrain(z, (axes.ACT_IMAGES, axes.ACT_PATCHES, axes.ACT_EMBED))
@@ -134,7 +141,7 @@ class LCL(nn.Module):
     t = self.context_proj(self.context_norm(h_boi)).astype(jnp.float32)
 
     if self.config["require_text_context"]:
-      ctx = text_before_in_segment(tokens, positions, first_text_id).reshape(num_chunks, -1)
+      ctx = text_before_in_segment(tokens, positions, st).reshape(num_chunks, -1)
       has_context = jnp.take_along_axis(ctx, pos, axis=1).reshape(n) > 0
     else:
       has_context = self._authors_context_rule(tokens, positions, pos, n, num_chunks)
@@ -143,5 +150,5 @@ class LCL(nn.Module):
     logits = None
     if compute_logits:
       logits = layers.constrain(self.decoder.logits(hidden), (axes.ACT_BATCH, axes.ACT_SEQ, axes.ACT_VOCAB))
-    return dict(logits=logits, hidden=hidden, lm_head=self.decoder.head_matrix(), v=v, t=t,
+    return dict(logits=logits, hidden=self.decoder.lm_input(hidden), lm_head=self.decoder.head_matrix(), v=v, t=t,
                 contrastive_valid=valid, logit_scale=self.logit_scale.astype(jnp.float32))
