@@ -121,6 +121,20 @@ def test_export_to_open_clip_is_the_exact_inverse_of_the_import(imported, tmp_pa
     jax.tree.map(np.testing.assert_array_equal, again, params)
   vision = open_clip.vision_state_dict(params, model)
   assert sorted(vision) == sorted(k for k in state if k.startswith(open_clip.VISION_PREFIXES))
+  # Full-size configs scan their layers (params stacked as `blocks` [depth, ...]): the same tensors, stacked.
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  scanned_config = config.copy_and_resolve_references()
+  scanned_config.model.vit.scan_layers = scanned_config.model.decoder.scan_layers = True
+  scanned = json.loads(scanned_config.model.to_json())
+  stacked = open_clip.model_params(state, scanned)
+  shapes = lambda t: jax.tree.map(np.shape, t)
+  assert shapes(stacked) == shapes(nn.unbox(models.abstract_params(scanned_config.model)))
+  np.testing.assert_array_equal(stacked["decoder"]["blocks"]["mlp"]["fc1"]["kernel"][1],
+                                params["decoder"]["block_1"]["mlp"]["fc1"]["kernel"])
+  back = open_clip.state_dict(stacked, scanned)
+  assert sorted(back) == sorted(state)
+  for k, v in state.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
 def test_a_converted_model_trains_evaluates_and_exports_back(tmp_path, demo_cache_dir):

@@ -5,7 +5,8 @@ configs/lcl_vitb16_laion_openclip.py; `vision_params` only the vision encoder (`
 a config whose decoder is not theirs. `state_dict` / `vision_state_dict` are the exact inverses.
 `python -m lcl_jax.convert --from=open_clip` is the command.
 
-Mapping, torch name -> ours (unscanned blocks; Linear weights are [out, in] in torch, kernels [in, out] here):
+Mapping, torch name -> ours (Linear weights are [out, in] in torch, kernels [in, out] here; a config that scans its
+layers holds block_0..block_{n-1} stacked as `blocks` [n, ...]):
   visual.conv1.weight [D, 3, p, p]              vit/patch_embed/kernel [(p p 3), D]  (patches flattened row, col, rgb)
   visual.class_embedding [D]                    vit/cls_token [1, D]
   visual.positional_embedding [K + 1, D]        vit/pos_embed
@@ -94,6 +95,39 @@ class _Reader:
       raise ConversionError(f"The checkpoint does not match the config's {what}: " + " | ".join(problems))
 
 
+def _stack_blocks(tower, depth, scanned: bool):
+  """block_0..block_{depth-1} -> `blocks` with a leading layer axis when the config scans its layers (nn.scan)."""
+  if not scanned:
+    return tower
+  blocks = [tower[f"block_{i}"] for i in range(depth)]
+  if any(leaf is None for b in blocks for leaf in _leaves(b)):
+    return tower  # a missing or mis-shaped tensor, reported with the others
+  for i in range(depth):
+    del tower[f"block_{i}"]
+  tower["blocks"] = _tree_map(lambda *xs: np.stack(xs), *blocks)
+  return tower
+
+
+def _unstack_blocks(tower, depth):
+  if "blocks" not in tower:
+    return tower
+  tower = dict(tower)
+  stacked = tower.pop("blocks")
+  for i in range(depth):
+    tower[f"block_{i}"] = _tree_map(lambda x, i=i: np.asarray(x)[i], stacked)
+  return tower
+
+
+def _leaves(tree):
+  return [x for v in tree.values() for x in (_leaves(v) if isinstance(v, dict) else [v])]
+
+
+def _tree_map(fn, *trees):
+  if isinstance(trees[0], dict):
+    return {k: _tree_map(fn, *(t[k] for t in trees)) for k in trees[0]}
+  return fn(*trees)
+
+
 def _split_heads(w, heads):
   """torch [out, in] -> [in, H, out / H]."""
   return w.T.reshape(w.shape[1], heads, -1)
@@ -106,13 +140,12 @@ def _reshape(x, shape):
 def _require(model_config, text: bool) -> None:
   v = model_config["vit"]
   wanted = [(f"vit.{k}", v.get(k), want) for k, want in (
-      ("class_token", True), ("ln_pre", True), ("patch_bias", False), ("layerscale_init", None),
-      ("scan_layers", False))]
+      ("class_token", True), ("ln_pre", True), ("patch_bias", False), ("layerscale_init", None))]
   wanted.append(("pool", model_config.get("pool"), "open_clip"))
   if text:
     d = model_config["decoder"]
     wanted += [(f"decoder.{k}", d.get(k), want) for k, want in (
-        ("tie_embeddings", False), ("lm_head_norm", True), ("scan_layers", False))]
+        ("tie_embeddings", False), ("lm_head_norm", True))]
     wanted.append(("context_proj_bias", model_config.get("context_proj_bias", True), False))
   for key, got, want in wanted:
     if got != want:
@@ -134,6 +167,7 @@ def _vision(r: _Reader, model_config) -> dict:
   }
   for i in range(v["depth"]):
     vit[f"block_{i}"] = r.block(f"visual.transformer.resblocks.{i}", width, heads, v["mlp_dim"])
+  vit = _stack_blocks(vit, v["depth"], v.get("scan_layers", False))
   d, ph, q = model_config["embed_dim"], model_config["pool_heads"], "pool_project.pooler"
   pool = {"query_token": _reshape(r.take("pool_project.query_token", (1, 1, d)), (1, d)),
           **{f"ln_{s}": r.ln(f"{q}.norm1_{s}", d) for s in "qkv"},
@@ -175,6 +209,7 @@ def model_params(state: Mapping[str, np.ndarray], model_config) -> dict:
              "lm_head": {"kernel": r.linear("lm_head.1", width, vocab, bias=False)["kernel"]}}
   for i in range(d["depth"]):
     decoder[f"block_{i}"] = r.block(f"text.transformer.resblocks.{i}", width, d["num_heads"], d["mlp_dim"])
+  decoder = _stack_blocks(decoder, d["depth"], d.get("scan_layers", False))
   params.update(decoder=decoder, context_norm=r.ln("text.ln_final", width),
                 context_proj={"kernel": r.take("text.text_projection", (width, model_config["embed_dim"]))},
                 logit_scale=r.take("logit_scale", ()))
@@ -221,7 +256,7 @@ def vision_state_dict(params, model_config) -> dict:
   _require(model_config, text=False)
   v = model_config["vit"]
   width, patch = v["width"], v["patch_size"]
-  vit, pool = params["vit"], params["pool"]
+  vit, pool = _unstack_blocks(params["vit"], v["depth"]), params["pool"]
   out = {
       "visual.conv1.weight": _a(vit["patch_embed"]["kernel"]).reshape(patch, patch, 3, width).transpose(3, 2, 0, 1),
       "visual.class_embedding": _a(vit["cls_token"])[0],
@@ -247,7 +282,7 @@ def state_dict(params, model_config) -> dict:
   `open_clip.create_model(name, pretrained=PATH)` loads strictly."""
   _require(model_config, text=True)
   out = vision_state_dict(params, model_config)
-  dec = params["decoder"]
+  dec = _unstack_blocks(params["decoder"], model_config["decoder"]["depth"])
   out["text.token_embedding.weight"] = _a(dec["token_embed"]["embedding"])
   out["text.positional_embedding"] = _a(dec["pos_embed"])
   for i in range(model_config["decoder"]["depth"]):
