@@ -1,7 +1,7 @@
 """The loss ablation of the paper's table 6a at demo scale: the runlocal MMC4 model on the bundled demo digits, with
-the budget of the study that lcl_jax/experiments/ablation.py runs (LCL, contrastive-only, generation-only x seeds).
+the budget of the study that tools/ablation.py runs (LCL, contrastive-only, generation-only x seeds).
 
-  python -m lcl_jax.experiments.ablation --workdir=/tmp/ablation          # the whole study
+  python -m tools.ablation --workdir=/tmp/ablation          # the whole study
   python -m lcl_jax.main --config=configs/ablation_digits.py --workdir=/tmp/one_lcl_run
   python -m lcl_jax.main --config=configs/ablation_digits.py:quick --workdir=/tmp/smoke
 

@@ -4,6 +4,9 @@ Imports ml_collections only, so configs load without jax or tensorflow.
 """
 import ml_collections
 
+from data_pipelines.demo import VOCAB_SIZE as DEMO_VOCAB_SIZE
+from data_pipelines.tokenizer import SPECIAL_TOKENS
+
 # ViT sizes: width, depth, heads, MLP width (Dosovitskiy et al.; Zhai et al. for S).
 VIT_SIZES = {
     "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
@@ -13,10 +16,6 @@ VIT_SIZES = {
     "H": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
 }
 
-# Special token ids reserved at the front of every tokenizer (method.md section 1): six control pieces, then <unk>.
-# Text ids start after the largest: no special id is text (a generation target or contrastive context), except that
-# <boi> and </s> are generation targets by rule. data_pipelines.tokenizer checks a trained SentencePiece model.
-SPECIAL_TOKENS = dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5, unk=6)
 
 # SentencePiece vocabulary assumed by the full-size configs (OPT-125M itself used 50272 BPE ids).
 DEFAULT_VOCAB_SIZE = 32000
@@ -127,8 +126,7 @@ def sharding_config():
   return c
 
 
-# The demo corpus's tokenizer vocabulary and the runlocal sequence length.
-DEMO_VOCAB_SIZE = 512
+# The runlocal sequence length (the demo corpus's rows).
 RUNLOCAL_SEQ_LEN = 256
 
 
@@ -166,7 +164,7 @@ def base_config(name, variant, *, patch_size, embed_dim, runlocal, sources, peak
       seq_len=RUNLOCAL_SEQ_LEN if runlocal else 2048)
   config.loss = loss_config(contrastive_weight, generation_weight)
   config.sharding = sharding_config()
-  if not runlocal:  # full size: scanned blocks keeping only their inputs for the backward pass (lcl_jax.plan)
+  if not runlocal:  # full size: scanned blocks keeping only their inputs for the backward pass (tools.plan)
     for tower in (config.model.vit, config.model.decoder):
       tower.remat = tower.scan_layers = True
   if runlocal:

@@ -1,4 +1,4 @@
-"""SentencePiece with LCL's special ids reserved at the front (method.md section 1, configs.common.SPECIAL_TOKENS).
+"""SentencePiece with LCL's special ids reserved at the front (method.md section 1, SPECIAL_TOKENS).
 
 Layout of every model trained here:
   0 <pad>   1 <s>   2 </s>   3 <boi>   4 <eoi>   5 <img>   6 <unk>   7.. learned pieces
@@ -12,10 +12,14 @@ import io
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
-import tensorflow as tf
 
-from configs.common import SPECIAL_TOKENS
+from data_pipelines import storage
 from data_pipelines.errors import DataSetupError
+
+# Special token ids reserved at the front of every SentencePiece model trained here (docs/method.md section 1): six
+# control pieces, then <unk>. configs import them from here; the CLIP BPE layout is data_pipelines.clip_tokenizer's.
+# <boi> and </s> are generation targets by rule.
+SPECIAL_TOKENS = dict(pad=0, bos=1, eos=2, boi=3, eoi=4, img=5, unk=6)
 
 SPECIAL_PIECES = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "boi": "<boi>", "eoi": "<eoi>", "img": "<img>"}
 UNK_PIECE = "<unk>"
@@ -28,14 +32,14 @@ CLIP_BPE = "clip_bpe"
 
 
 class Tokenizer:
-  """A trained SentencePiece model whose special ids match configs.common.SPECIAL_TOKENS.
+  """A trained SentencePiece model whose special ids match SPECIAL_TOKENS.
 
   Raises ValueError on load if they do not, so a model trained elsewhere cannot silently shift every image token.
   """
   kind, file_name = "sentencepiece", "tokenizer.model"  # how exported artefacts store it (lcl_jax/export.py)
 
   def __init__(self, path: str):
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
       self.serialized_model = f.read()  # also what tf_text.SentencepieceTokenizer takes, for in-graph use
     self._sp = spm.SentencePieceProcessor(model_proto=self.serialized_model)
     self.path = path
@@ -45,7 +49,7 @@ class Tokenizer:
       if self._sp.id_to_piece(want) != piece or got != want or not self._sp.is_control(want):
         raise DataSetupError(
             f"Tokenizer {path}: special token {name} must be control piece {piece!r} at id {want} "
-            f"(configs.common.SPECIAL_TOKENS), but id {want} is {self._sp.id_to_piece(want)!r} and the piece has "
+            f"(SPECIAL_TOKENS), but id {want} is {self._sp.id_to_piece(want)!r} and the piece has "
             f"id {got}. Train it with data_pipelines.train_tokenizer.")
     if self._sp.unk_id() != UNK_ID:
       raise DataSetupError(f"Tokenizer {path}: <unk> has id {self._sp.unk_id()}, but lcl_jax reserves id {UNK_ID} "
@@ -133,8 +137,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str, *, 
   )
   parent = output_path.rsplit("/", 1)[0] if "/" in output_path else ""
   if parent:
-    tf.io.gfile.makedirs(parent)
-  with tf.io.gfile.GFile(output_path, "wb") as f:
+    storage.makedirs(parent)
+  with storage.open_file(output_path, "wb") as f:
     f.write(model.getvalue())
   Tokenizer(output_path)  # fail here, not at training time, if the layout is ever wrong
   return output_path

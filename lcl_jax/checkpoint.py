@@ -11,6 +11,7 @@ Every failure a user can meet here (a save that cannot be written, no step that 
 text is one line: the step, the path, the cause and what to do.
 """
 import json
+import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -21,7 +22,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lcl_jax import sharding
+from lcl_jax import sharding, state as state_lib
 
 # Suffix of a step directory that failed to restore and was moved aside (orbax lists only integer names as steps).
 CORRUPT_SUFFIX = ".corrupt-"
@@ -199,3 +200,25 @@ def gather_data_states(data_state: dict) -> list:
   padded[:encoded.size] = encoded
   gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), width)
   return [json.loads(bytes(row[:n])) for row, n in zip(gathered, lengths)]
+
+
+def restore_params(config, workdir: str, mesh, step: Optional[int] = None):
+  """-> (params sharded over `mesh` as in training, the step restored). Latest checkpoint unless `step`."""
+  abstract, _ = state_lib.abstract_train_state(config, mesh)
+  target = {"params": abstract.params}
+  # read_only: never clean up or delete anything in a directory a training job may be writing.
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                                  item_names=("state", "data"))
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise FileNotFoundError(f"No checkpoint for step {step} in {workdir}/checkpoints; there are {sorted(steps)}.")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+  finally:
+    manager.close()
+  return restored["state"]["params"], step

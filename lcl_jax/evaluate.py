@@ -16,32 +16,9 @@ import os
 from typing import Optional
 
 import jax
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from lcl_jax import config_checks, init_from as init_from_lib, models, sharding, state as state_lib
-
-
-def restore_params(config, workdir: str, mesh, step: Optional[int] = None):
-  """-> (params sharded over `mesh` as in training, the step restored). Latest checkpoint unless `step`."""
-  abstract, _ = state_lib.abstract_train_state(config, mesh)
-  target = {"params": abstract.params}
-  # read_only: never clean up or delete anything in a directory a training job may be writing.
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                  item_names=("state", "data"))
-  try:
-    steps = manager.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"No checkpoint for step {step} in {workdir}/checkpoints; there are {sorted(steps)}.")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-  finally:
-    manager.close()
-  return restored["state"]["params"], step
+from lcl_jax import checkpoint, config_checks, init_from as init_from_lib, models, sharding, state as state_lib
 
 
 def artefact_params(config, path: str, mesh):
@@ -67,7 +44,7 @@ def evaluate(config, workdir: Optional[str], *, step: Optional[int] = None, writ
     params, step = artefact_params(config, init_from, mesh)
     logging.info("Loaded the parameters of %s.", init_from)
   else:
-    params, step = restore_params(config, workdir, mesh, step)
+    params, step = checkpoint.restore_params(config, workdir, mesh, step)
     logging.info("Restored the parameters of step %d from %s.", step, workdir)
   evals = evaluators.from_config(config, model=models.LCL(config.model), mesh=mesh)
   if not evals:

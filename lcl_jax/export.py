@@ -113,9 +113,9 @@ def load_vision_encoder(path: str, *, dtype: Optional[str] = None) -> VisionEnco
 def export(config, workdir: str, output: str, *, step: Optional[int] = None, whole_model: bool = False) -> str:
   """Restores `step` (default: the latest) of the run in `workdir` and writes the artefact to `output`."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from lcl_jax import evaluate, sharding  # pylint: disable=import-outside-toplevel
+  from lcl_jax import checkpoint, sharding  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(config.sharding.mesh)
-  params, step = evaluate.restore_params(config, workdir, mesh, step)
+  params, step = checkpoint.restore_params(config, workdir, mesh, step)
   if not whole_model:
     params = {"vit": params["vit"], "pool": params["pool"]}
   # Replicate (an all-gather of fsdp shards) so every host can read every value; only process 0 writes.

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from lcl_jax.experiments import ablation
+from tools import ablation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ def test_quick_study_writes_complete_table_and_picture(tmp_path):
   # 32 image slots per step are one chunk's budget, not eight budgets of 4 that drop the rows with more images.
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
-  proc = subprocess.run([sys.executable, "-m", "lcl_jax.experiments.ablation", f"--workdir={tmp_path}", "--quick"],
+  proc = subprocess.run([sys.executable, "-m", "tools.ablation", f"--workdir={tmp_path}", "--quick"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]
 

@@ -2,7 +2,7 @@
 import ml_collections
 
 from configs import vitb16_mmc4
-from lcl_jax import bench
+from tools import bench
 
 
 def test_bench_runs_on_runlocal_with_the_pipeline():

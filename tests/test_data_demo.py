@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from data_pipelines import build
 from data_pipelines import demo
-from data_pipelines import demo_docs
-from data_pipelines import demo_text
+from data_pipelines.demo import docs as demo_docs
+from data_pipelines.demo import text as demo_text
 from data_pipelines import rows
 from data_pipelines.tokenizer import Tokenizer
 from configs import common

@@ -386,10 +386,10 @@ def test_inspect_writes_a_png_and_bench_prints_json(tmp_path, demo_paths):
   png = tmp_path / "row.png"
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
   inspect = subprocess.Popen(
-      [sys.executable, "-m", "data_pipelines.inspect", "--config=configs/vitl14_laion_mmc4.py:runlocal",
+      [sys.executable, "-m", "tools.inspect_batches", "--config=configs/vitl14_laion_mmc4.py:runlocal",
        "--num_batches=2", f"--output={png}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   bench = subprocess.Popen(
-      [sys.executable, "-m", "data_pipelines.bench", "--config=configs/vitb16_mmc4.py:runlocal", "--seconds=1",
+      [sys.executable, "-m", "tools.data_bench", "--config=configs/vitb16_mmc4.py:runlocal", "--seconds=1",
        "--config.data.seq_len=384"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   out, err = inspect.communicate(timeout=300)
   assert inspect.returncode == 0, err.decode()[-3000:]

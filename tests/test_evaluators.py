@@ -10,9 +10,9 @@ import tensorflow_datasets as tfds
 
 from configs import common, vitb16_mmc4
 from data_pipelines.demo import ensure_demo
-from data_pipelines.demo_text import NAMES
+from data_pipelines.demo.text import NAMES
 from data_pipelines.tokenizer import Tokenizer
-from lcl_jax import losses, models, sharding
+from lcl_jax import evaluators, losses, models, sharding
 from lcl_jax.evaluators import base, datasets, features
 from tests.test_model import tiny_config
 
@@ -75,7 +75,7 @@ def build(towers, **specs):
   config, model, mesh, _ = towers
   config = config.copy_and_resolve_references()
   config.evals = specs
-  return {e.name: e for e in base.from_config(config, model=model, mesh=mesh)}
+  return {e.name: e for e in evaluators.from_config(config, model=model, mesh=mesh)}
 
 
 def test_runner_pads_the_last_batch_and_keeps_every_example_once(towers):
@@ -178,7 +178,7 @@ def test_from_config_rejects_unknown_types_keys_and_missing_data(towers, tmp_pat
   config = config.copy_and_resolve_references()
   config.evals = common.evals_config(True)
   config.model.vit.image_size = 32   # the demo's own size: no resizing
-  assert sorted(e.spec.type for e in base.from_config(config, model=model, mesh=mesh)) == sorted(
+  assert sorted(e.spec.type for e in evaluators.from_config(config, model=model, mesh=mesh)) == sorted(
       ["zero_shot", "retrieval", "linear_probe", "attention_probe", "perplexity"])
 
 
@@ -191,7 +191,7 @@ def test_perplexity_counts_every_target_once_and_matches_a_row_by_row_reference(
                                images_per_batch=16))
   mesh = towers[2]
   model = models.LCL(config.model)
-  (evaluator,) = base.from_config(config, model=model, mesh=mesh)
+  (evaluator,) = evaluators.from_config(config, model=model, mesh=mesh)
   params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), models.dummy_batch(
       config.model, rows=1, images=1, seq_len=48))["params"])())
   result = evaluator.run(params, 0).scalars

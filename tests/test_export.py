@@ -46,13 +46,13 @@ def run_dir(tmp_path_factory):
 def test_restore_params_takes_the_latest_or_the_given_step(run_dir):
   config, workdir, params3, params5 = run_dir
   mesh = sharding.make_mesh(config.sharding.mesh)
-  got, step = evaluate.restore_params(config, workdir, mesh)
+  got, step = checkpoint.restore_params(config, workdir, mesh)
   assert step == 5
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), params5)
-  got, step = evaluate.restore_params(config, workdir, mesh, step=3)
+  got, step = checkpoint.restore_params(config, workdir, mesh, step=3)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), params3)
   with pytest.raises(FileNotFoundError, match="step 4"):
-    evaluate.restore_params(config, workdir, mesh, step=4)
+    checkpoint.restore_params(config, workdir, mesh, step=4)
 
 
 def test_exported_encoder_reloaded_in_a_fresh_process_gives_the_training_features(run_dir, tmp_path):

@@ -6,7 +6,8 @@ import collections
 import pytest
 
 from configs import vitb16_mmc4
-from lcl_jax import hlo_collectives as hc, plan, sharding
+from lcl_jax import sharding
+from tools import hlo_collectives as hc, plan
 
 
 def _tiny_config(mesh):

@@ -100,9 +100,9 @@ def _scalars(workdir, last_file_only=False):
 def _final_params(workdir, step):
   """The params of the last checkpoint, restored as `lcl_jax.evaluate` does on this (one) process."""
   import jax
-  from lcl_jax import evaluate, sharding
+  from lcl_jax import checkpoint, sharding
   config = _config()
-  params, restored = evaluate.restore_params(config, str(workdir), sharding.make_mesh(config.sharding.mesh))
+  params, restored = checkpoint.restore_params(config, str(workdir), sharding.make_mesh(config.sharding.mesh))
   assert restored == step
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_leaves_with_path(params)}

@@ -15,7 +15,7 @@ import pytest
 
 import lcl_jax
 from configs import lcl_vitb16_laion_openclip
-from lcl_jax import config_checks, convert, export, models, train_step as ts
+from lcl_jax import config_checks, convert, export, losses, models, train_step as ts
 from lcl_jax.interop import open_clip, torch_files
 from lcl_jax.models import vit as vit_lib
 
@@ -68,7 +68,6 @@ def test_the_whole_model_and_its_loss_match_the_authors(imported):
   boi = (tokens == SPECIAL["boi"]) & (np.arange(SEQ_LEN)[None] > 0)
   valid = np.asarray(out["contrastive_valid"])
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  from lcl_jax import losses  # pylint: disable=import-outside-toplevel
   targets, weights = losses.generation_targets(batch["tokens"], batch["segment_ids"], config.model.special_tokens)
   at_targets = np.asarray(weights) > 0
   loss_config = dict(config.loss, contrastive_weight=1.0, generation_weight=1.0)
@@ -144,7 +143,7 @@ def test_a_converted_model_trains_evaluates_and_exports_back(tmp_path, demo_cach
   evaluator on them; `lcl_jax.export --format=open_clip` of the run gives the same tensors back, bit for bit; an
   architecture that differs is refused in one error before training."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from lcl_jax import evaluate, sharding, train  # pylint: disable=import-outside-toplevel
+  from lcl_jax import checkpoint, evaluate, sharding, train  # pylint: disable=import-outside-toplevel
   del demo_cache_dir  # the demo corpus, built once for the session
   config = lcl_vitb16_laion_openclip.get_config("runlocal")
   config.model.dtype = "float32"
@@ -167,7 +166,7 @@ def test_a_converted_model_trains_evaluates_and_exports_back(tmp_path, demo_cach
   config.evals = ml_collections.ConfigDict()
   workdir = str(tmp_path / "run")
   train.run(config, workdir)
-  restored, step = evaluate.restore_params(config, workdir, sharding.make_mesh(config.sharding.mesh))
+  restored, step = checkpoint.restore_params(config, workdir, sharding.make_mesh(config.sharding.mesh))
   assert step == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored, params)
 

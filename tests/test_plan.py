@@ -2,7 +2,8 @@
 import numpy as np
 
 from configs import vitb16_mmc4
-from lcl_jax import metrics, plan, sharding
+from lcl_jax import metrics, sharding
+from tools import plan
 
 
 def test_plan_agrees_with_analytic_counts():

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from data_pipelines import storage
 from lcl_jax import sharding
 from lcl_jax.evaluators import datasets, features
 
@@ -91,24 +92,6 @@ class Evaluator(abc.ABC):
     """Evaluates `params` (the model's parameter tree, sharded or not) and returns scalars and pictures."""
 
 
-def from_config(config, *, model, mesh) -> list:
-  """config.evals -> evaluators (opened: their datasets exist and are readable). No `evals`: none."""
-  # Imported here: each evaluator module imports this one for the interface.
-  from lcl_jax.evaluators import perplexity, probes, retrieval, zero_shot  # pylint: disable=import-outside-toplevel
-  types = {"zero_shot": zero_shot.ZeroShot, "retrieval": retrieval.Retrieval, "linear_probe": probes.LinearProbe,
-           "attention_probe": probes.AttentionProbe, "perplexity": perplexity.Perplexity}
-  evals = config.get("evals") or {}
-  context = Context(config, model, mesh)
-  out = []
-  for name, spec in evals.items():
-    if spec.get("type") not in types:
-      raise ValueError(f"config.evals.{name}.type is {spec.get('type')!r}; expected one of {sorted(types)}.")
-    out.append(types[spec["type"]](name, spec, context))
-  for evaluator in out:
-    evaluator.prepare()
-  return out
-
-
 def run_due(evaluators, params, step: int, *, writer=None, workdir: Optional[str] = None,
             force: bool = False) -> dict:
   """Runs the evaluators due at `step` (all of them with force=True) and writes their results.
@@ -137,11 +120,10 @@ def write(name: str, result: EvalResult, step: int, *, writer=None, workdir: Opt
       writer.write_images(step, {f"eval/{name}/{k}": v[None] for k, v in result.images.items()})
   if workdir is None or jax.process_index() != 0:
     return
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # gfile: workdirs may be gs://
-  folder = os.path.join(workdir, "eval", f"step_{step:08d}")
-  tf.io.gfile.makedirs(folder)
-  with tf.io.gfile.GFile(os.path.join(folder, f"{name}.json"), "w") as f:
+  folder = os.path.join(workdir, "eval", f"step_{step:08d}")  # workdirs may be gs://
+  storage.makedirs(folder)
+  with storage.open_file(os.path.join(folder, f"{name}.json"), "w") as f:
     json.dump(result.scalars, f, indent=2, sort_keys=True)
   for key, image in result.images.items():
-    with tf.io.gfile.GFile(os.path.join(folder, f"{name}-{key}.png"), "wb") as f:
+    with storage.open_file(os.path.join(folder, f"{name}-{key}.png"), "wb") as f:
       f.write(datasets.encode_png(np.asarray(image, np.uint8)))

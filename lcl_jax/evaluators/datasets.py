@@ -86,7 +86,7 @@ def _text(value) -> str:
 
 
 def load_npz(path: str, *, image_size: int, max_examples: int = 0) -> EvalSet:
-  """The demo's eval file layout (data_pipelines/demo.py): images, labels, captions, class_names, templates."""
+  """The demo's eval file layout (data_pipelines/demo/__init__.py): images, labels, captions, class_names, templates."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   with tf.io.gfile.GFile(path, "rb") as f:
     data = np.load(io.BytesIO(f.read()))

@@ -153,7 +153,7 @@ def apply_blocks(block_cls, block_args, x, side, *, depth, remat, scan, per_laye
 
   scan=True stacks the blocks' params on a leading `layers` axis and runs them with nn.scan: one compiled body,
   and with remat only each block's input is kept for the backward pass (unrolled remat does not bound memory
-  under XLA's schedulers; measured with lcl_jax.plan). `side` is per layer ([depth, ...], e.g. drop rates) when
+  under XLA's schedulers; measured with tools.plan). `side` is per layer ([depth, ...], e.g. drop rates) when
   per_layer_side, else the same for every block (e.g. the segment ids).
   """
   # Inside scan the loop already keeps recomputation apart; unrolled, CSE must not merge it back.

@@ -1,8 +1,8 @@
 """Plan a run before paying for it: compile the real train step ahead of time for a mesh of fake CPU devices and
 print per-device memory, model FLOPs, collective traffic and the predicted time to train.
 
-  python -m lcl_jax.plan --config=configs/vitl14_laion_mmc4.py --mesh=data:256 --device_kind=tpu_v5p
-  python -m lcl_jax.plan --config=configs/vitl14_laion_mmc4.py --mesh=data:64,fsdp:8 --device_kind=h200 --fit
+  python -m tools.plan --config=configs/vitl14_laion_mmc4.py --mesh=data:256 --device_kind=tpu_v5p
+  python -m tools.plan --config=configs/vitl14_laion_mmc4.py --mesh=data:64,fsdp:8 --device_kind=h200 --fit
 
 Memory comes from XLA's memory analysis of the CPU compilation of the same SPMD program (per device: arguments =
 params + optimizer state + batch shard, temporaries = activations and workspace); an accelerator's compiler fuses
@@ -11,7 +11,7 @@ fits the device's memory and reports the largest that does.
 
 Collectives (`collective_bytes_per_device_per_step`, per kind) are the bytes one device sends per step with ring
 algorithms, read from the SPMD partitioner's output with the rewrites GPU and TPU compilers apply (an all-reduce cut
-by a dynamic-slice is a reduce-scatter; lcl_jax.hlo_collectives), every loop body counted its trip count times.
+by a dynamic-slice is a reduce-scatter; tools.hlo_collectives), every loop body counted its trip count times.
 Beside them, `collective_ideal_bytes_per_device_per_step` is the least the mesh needs: each parameter split over fsdp
 gathered from its shards once per use (again in the backward pass of a rematerialised tower) and its gradient
 reduce-scattered back, each gradient shard all-reduced once over the devices holding the same shard, parameters at
@@ -32,7 +32,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from lcl_jax import axes, hlo_collectives
+from lcl_jax import axes
+from tools import hlo_collectives
 
 
 def define_flags():
@@ -77,7 +78,7 @@ def collective_bytes(hlo_text: str) -> dict:
 def compile_step(config, mesh, *, partitioned_hlo: bool = False):
   """The train step compiled AOT exactly as train.py builds it -> (compiled, StateSpec), and with partitioned_hlo the
   SPMD partitioner's output as HLO text (None if the persistent compilation cache served the executable: XLA then
-  partitions nothing), the program before any backend's own collective rewrites (lcl_jax.hlo_collectives)."""
+  partitions nothing), the program before any backend's own collective rewrites (tools.hlo_collectives)."""
   import functools
   import flax.linen as nn
   import jax

@@ -15,7 +15,7 @@ Layout of `<cache_dir>/demo_v1/` (cache_dir: --cache_dir, else $LCL_DEMO_DIR, el
   raw/mmc4_images/<sha1>.jpg|png                                           their images
   raw/laion/0000{0,1}.tar (+ .parquet, _stats.json)                        LAION pairs
   tfds/                                          TFDS data_dir (data_pipelines.build.load_documents reads it)
-  tokenizer/demo.model                           SentencePiece, vocab configs.common.DEMO_VOCAB_SIZE
+  tokenizer/demo.model                           SentencePiece, vocab VOCAB_SIZE
   eval/digits_eval.npz                           held-out split: images uint8 [N,32,32,3], labels int32 [N],
                                                  captions [N], class_names [10], templates, digit_index [N], ink [N]
   reports/{mmc4,laion}.json                      build reports (also in tfds/lcl_*/build_report.json)
@@ -35,11 +35,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from configs import common
-from data_pipelines import demo_docs
-from data_pipelines import demo_files
+from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines.demo import docs as demo_docs
+from data_pipelines.demo import files as demo_files
 
 VERSION = "demo_v1"
+VOCAB_SIZE = 512  # its SentencePiece tokenizer (configs: DEMO_VOCAB_SIZE)
 SEED = 1797
 PATCHES_PER_IMAGE = (demo_files.IMAGE_SIZE // 8) ** 2  # runlocal ViT: patch 8 on 32x32 -> K = 16
 N_MMC4_DOCS = 360
@@ -79,7 +80,7 @@ def _generate(root):
   from data_pipelines import bad_input  # pylint: disable=import-outside-toplevel
   from data_pipelines import build as build_lib  # pylint: disable=import-outside-toplevel
   from data_pipelines import readers  # pylint: disable=import-outside-toplevel
-  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+
 
   start = time.time()
   rngs = streams()
@@ -106,12 +107,12 @@ def _generate(root):
       json.dump(report, f, indent=2, sort_keys=True)
   counter = bad_input.BadInputCounter()
   texts = [t for source, kw in inputs.items() for t in readers.read_texts(source, kw["input_dir"], counter)]
-  tokenizer_lib.train_tokenizer(texts, common.DEMO_VOCAB_SIZE, os.path.join(root, "tokenizer", "demo.model"))
+  tokenizer_lib.train_tokenizer(texts, VOCAB_SIZE, os.path.join(root, "tokenizer", "demo.model"))
 
   used = {im.index for doc in docs for im in doc.images} | {index for index, _, _ in pairs}
   manifest = dict(
       version=VERSION, seed=SEED, image_size=demo_files.IMAGE_SIZE, patches_per_image=PATCHES_PER_IMAGE,
-      vocab_size=common.DEMO_VOCAB_SIZE, train_images=len(digits.train), held_out_images=len(digits.held),
+      vocab_size=VOCAB_SIZE, train_images=len(digits.train), held_out_images=len(digits.held),
       training_images_used=len(used), mmc4_documents=len(docs),
       mmc4_image_links=sum(len(doc.images) for doc in docs), laion_pairs=len(pairs), tokenizer_texts=len(texts),
       dirt_written=dirt, build_seconds=round(time.time() - start, 1))

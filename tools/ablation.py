@@ -1,7 +1,7 @@
 """The paper's loss ablation (table 6a) at demo scale: LCL vs contrastive-only vs generation-only, several seeds.
 
-  python -m lcl_jax.experiments.ablation --workdir=/tmp/ablation [--seeds=3] [--steps=N] [--sweep] [--quick]
-  python -m lcl_jax.experiments.ablation --workdir=/tmp/ablation --replot   # tables + picture from results.json
+  python -m tools.ablation --workdir=/tmp/ablation [--seeds=3] [--steps=N] [--sweep] [--quick]
+  python -m tools.ablation --workdir=/tmp/ablation --replot   # tables + picture from results.json
 
 Every variant trains the model of configs/ablation_digits.py (the runlocal MMC4 model on the bundled demo digits)
 with the same budget and the same seeds through lcl_jax.train.run, one sub-workdir per run

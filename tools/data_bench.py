@@ -1,12 +1,12 @@
 """Throughput of this host's pipeline, as JSON: documents, rows and decoded images per second, total and per core.
 
-  python -m data_pipelines.bench --config=configs/vitb16_mmc4.py:runlocal [--seconds=30]
+  python -m tools.data_bench --config=configs/vitb16_mmc4.py:runlocal [--seconds=30]
   # ViT-L/14-sized rows and images on the demo corpus (224 px, L = 2048):
-  python -m data_pipelines.bench --config=configs/vitl14_laion_mmc4.py:runlocal --config.model.vit.image_size=224 \\
+  python -m tools.data_bench --config=configs/vitl14_laion_mmc4.py:runlocal --config.model.vit.image_size=224 \\
       --config.model.vit.patch_size=14 --config.data.seq_len=2048 --config.data.rows_per_batch=64 \\
       --config.data.images_per_batch=320
   # Also time the transform alone on photo-like JPEGs of a given longer side (the demo's images are 32 px):
-  python -m data_pipelines.bench --config=... --jpeg_side=500
+  python -m tools.data_bench --config=... --jpeg_side=500
 
 Start-up and `--warmup_batches` are timed apart; the rates count what the batches deliver (valid images, rows with
 content, documents with tokens in them). "per_core" divides by the CPU cores this process may use. `cpu_busy` is the

@@ -16,8 +16,8 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from data_pipelines import demo_docs
-from data_pipelines import demo_text
+from data_pipelines.demo import docs as demo_docs
+from data_pipelines.demo import text as demo_text
 
 IMAGE_SIZE = 32
 HOLDOUT_FRACTION = 0.2
@@ -193,7 +193,7 @@ def save_npz(path, **arrays):
 
 
 def write_eval(path, digits):
-  """The held-out split as .npz (fields in data_pipelines/demo.py). Images take the training images' path (JPEG,
+  """The held-out split as .npz (fields in data_pipelines/demo/__init__.py). Images take the training images' path (JPEG,
   then the readers' validation and re-encoding, then TF decoding), so evaluation sees what training saw."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from data_pipelines.images import validate_image  # pylint: disable=import-outside-toplevel

@@ -1,6 +1,6 @@
 """The demo corpus as plain data: which digit images go where, with which sentences and similarities.
 
-No files are touched here (data_pipelines/demo.py writes them); every value is drawn from the Generator passed in.
+No files are touched here (data_pipelines/demo/__init__.py writes them); every value is drawn from the Generator passed in.
 An image is referred to by its index into `sklearn.datasets.load_digits()`; only training-split indices are ever
 handed to these functions, so the held-out images cannot leak into documents.
 """
@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from data_pipelines import demo_text as T
+from data_pipelines.demo import text as T
 
 # How an image relates to the text around it, with how often each happens.
 PATTERNS = ("intro", "describe", "intro_describe", "caption", "group", "unrelated")

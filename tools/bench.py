@@ -1,9 +1,9 @@
 """Step benchmark: the compiled train step alone (synthetic batch already on device) and fed by the real
 pipeline; prints JSON with step time, images/s, tokens/s, model TFLOP/s, MFU and where the time goes.
 
-  python -m lcl_jax.bench --config=configs/vitb16_mmc4.py:runlocal --steps=10
-  python -m lcl_jax.bench --preset=cpu-small --steps=10        # the shape used to compare implementations on a CPU
-  python -m lcl_jax.bench --config=configs/vitb16_mmc4.py --config.data.rows_per_batch=... --pipeline=false
+  python -m tools.bench --config=configs/vitb16_mmc4.py:runlocal --steps=10
+  python -m tools.bench --preset=cpu-small --steps=10        # the shape used to compare implementations on a CPU
+  python -m tools.bench --config=configs/vitb16_mmc4.py --config.data.rows_per_batch=... --pipeline=false
 
 MFU is against the device's peak from lcl_jax.metrics' table, or on CPU against a large float32 matmul measured in
 the same run. The ViT / decoder / LM head / contrastive shares come from timing each part's compiled forward + backward

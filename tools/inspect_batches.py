@@ -1,6 +1,6 @@
 """See what the model is fed: batch statistics, one row in text, and a picture of one packed row.
 
-  python -m data_pipelines.inspect --config=configs/vitb16_mmc4.py:runlocal --num_batches=4 [--output=row.png]
+  python -m tools.inspect_batches --config=configs/vitb16_mmc4.py:runlocal --num_batches=4 [--output=row.png]
 
 Prints each batch's metrics (pipeline.py) and their means, the densest row of the first batch as text (special
 tokens shown, <img> runs collapsed), and writes a PNG of that row: one cell per token coloured by kind (text,
