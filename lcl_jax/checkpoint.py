@@ -181,7 +181,17 @@ def one_line(error: BaseException) -> str:
   root = chain[-1]
   text = next((line.strip() for line in str(root).splitlines() if line.strip()), "")
   text = f"{type(root).__name__}: {text.rstrip('.')}" if text else type(root).__name__
-  return text if len(text) <= 500 else f"{text[:250]} ... {text[-245:]}"  # the OS error comes last, after paths
+  text = text if len(text) <= 500 else f"{text[:250]} ... {text[-245:]}"  # the OS error comes last, after paths
+  # The cause a user acts on, wherever the layers put it (tensorstore reports a full disk as RESOURCE_EXHAUSTED).
+  everything = " ".join(str(e) for e in chain)
+  cause = next((c for c in _STORAGE_CAUSES if c in everything), None)
+  if cause is None and "RESOURCE_EXHAUSTED" in everything:
+    cause = "No space left or over quota (RESOURCE_EXHAUSTED)"
+  return f"{cause}: {text[:300]}" if cause and cause not in text else text
+
+
+_STORAGE_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large", "Permission denied",
+                   "Read-only file system")
 
 
 def gather_data_states(data_state: dict) -> list:

@@ -21,6 +21,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+  """With workers (pytest-xdist, pytest.ini's -n), the controller builds the demo corpus before they start: each
+  would otherwise build the same corpus at the same time (correct, the last rename wins, but a minute per worker)."""
+  if not hasattr(config, "workerinput") and config.getoption("numprocesses", default=None):
+    from data_pipelines import demo  # pylint: disable=import-outside-toplevel
+    demo.ensure_demo()
+
+
 @pytest.fixture(scope="session")
 def demo_cache_dir():
   """The parent folder ($LCL_DEMO_DIR) of the demo corpus that the tests share, built once by this process before

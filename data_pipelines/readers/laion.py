@@ -29,7 +29,7 @@ from data_pipelines.readers import jsonl
 from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import MAX_FILE_BYTES
-from data_pipelines.readers.parallel import ordered_map
+from data_pipelines.readers.parallel import documents
 
 SOURCE = "laion"
 SHARD_SUFFIXES = (".tar",)  # one encoding only, but listed like the others (readers/listing.py)
@@ -155,9 +155,7 @@ def read(input_dir: str, counter: BadInputCounter, *, select: Callable[[str], bo
     return schema.make_document(doc_id=doc_id, source=SOURCE, texts=[sample["caption"]], images=[data],
                                 image_text_index=[0], image_sim=[1.0], placement=schema.PLACEMENT_RANDOM)
 
-  for document in ordered_map(process, _samples(input_dir, counter, select, with_images=True), num_workers):
-    if document is not None:
-      yield document
+  yield from documents(process, _samples(input_dir, counter, select, with_images=True), num_workers)
 
 
 def texts(input_dir: str, counter: BadInputCounter) -> Iterator[str]:

@@ -22,7 +22,7 @@ from data_pipelines.readers import jsonl
 from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import open_image_store
-from data_pipelines.readers.parallel import ordered_map
+from data_pipelines.readers.parallel import documents
 
 SOURCE = "mmc4"
 # Most preferred first: the download itself (CRC-checked) over the copy unzipping leaves, truncated if interrupted.
@@ -113,12 +113,7 @@ def read(input_dir: str, counter: BadInputCounter, *, images_dir: str | None = N
     return schema.make_document(doc_id=doc_id, source=SOURCE, texts=texts, images=images, image_text_index=links,
                                 image_sim=sims, placement=schema.PLACEMENT_RANDOM)
 
-  try:
-    for document in ordered_map(process, _records(input_dir, counter, select), num_workers):
-      if document is not None:
-        yield document
-  finally:
-    store.close()
+  yield from documents(process, _records(input_dir, counter, select), num_workers, close=store.close)
 
 
 def texts(input_dir: str, counter: BadInputCounter) -> Iterator[str]:

@@ -36,7 +36,7 @@ from data_pipelines.readers import jsonl
 from data_pipelines.readers import listing
 from data_pipelines.readers import schema
 from data_pipelines.readers.image_store import ImageFolder
-from data_pipelines.readers.parallel import ordered_map
+from data_pipelines.readers.parallel import documents
 
 SOURCE = "obelics"
 # Most preferred first: the published, self-checking encodings (parquet footer, zip CRC) over a derived plain copy,
@@ -214,12 +214,7 @@ def read(input_dir: str, counter: BadInputCounter, *, images_dir: str | None = N
                                 image_text_index=links, image_sim=[1.0] * len(images),
                                 placement=schema.PLACEMENT_FIXED)
 
-  try:
-    for document in ordered_map(process, _records(input_dir, counter, select), num_workers):
-      if document is not None:
-        yield document
-  finally:
-    store.close()
+  yield from documents(process, _records(input_dir, counter, select), num_workers, close=store.close)
 
 
 def texts(input_dir: str, counter: BadInputCounter) -> Iterator[str]:

@@ -26,3 +26,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], num_workers: int = 1,
         yield pending.popleft().result()
     while pending:
       yield pending.popleft().result()
+
+
+def documents(process: Callable[[T], R], records: Iterable[T], num_workers: int = 1, *, close=None) -> Iterator[R]:
+  """A reader's documents: `process` on every record (ordered_map), the skipped ones (None) left out; `close` (an
+  image store's) runs however the caller stops."""
+  try:
+    for document in ordered_map(process, records, num_workers):
+      if document is not None:
+        yield document
+  finally:
+    if close is not None:
+      close()
