@@ -91,7 +91,7 @@ def model_config(variant, *, patch_size, image_size, embed_dim, runlocal=False,
   # ids (decoder), CPU xla; or name one: xla (every platform), splash, triton, cudnn.
   c.attention = "auto"
   c.special_tokens = dict(SPECIAL_TOKENS)
-  # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment (method.md section 4).
+  # Contrastive validity: an image needs >= 1 text token before its <boi> in its segment (docs/method.md section 4).
   # False: the authors' rule, only a <boi> with nothing but its segment's <s> before it is excluded (models/lcl.py).
   c.require_text_context = True
   return c

@@ -1,4 +1,4 @@
-"""Encoded image bytes -> uint8 [S, S, 3] for the ViT: a guarded decode, then the OpenCLIP transform (method.md
+"""Encoded image bytes -> uint8 [S, S, 3] for the ViT: a guarded decode, then the OpenCLIP transform (docs/method.md
 section 5). Normalisation (CLIP mean/std) happens on the device, so images leave the host as uint8.
 
 train: RandomResizedCrop(scale=(0.9, 1.0), ratio=(3/4, 4/3)) drawn exactly as torchvision draws it (10 tries, then

@@ -1,9 +1,9 @@
 """Skip-and-count bookkeeping for dirty raw data, and the one path rule that keeps reads inside a root.
 
-Web-scraped corpora always carry dirt (formats.md, "Bad input"): the readers skip what they cannot use, count it per
-reason, log only the first occurrence of each reason (a million identical warnings hide the one that matters), and keep
-the good rest. Counts are kept per *unit* (what was skipped: a "document", an "image", a tar "member"), so the build
-report can say both how many documents and how many images were lost and why.
+Web-scraped corpora always carry dirt (docs/formats.md, "Bad input"): the readers skip what they cannot use, count it
+per reason, log only the first occurrence of each reason (a million identical warnings hide the one that matters), and
+keep the good rest. Counts are kept per *unit* (what was skipped: a "document", an "image", a tar "member"), so the
+build report can say both how many documents and how many images were lost and why.
 """
 import collections
 import threading

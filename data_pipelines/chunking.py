@@ -1,4 +1,4 @@
-"""Rows -> the chunks of a host batch under a row budget and an image budget (method.md section 6). numpy only.
+"""Rows -> the chunks of a host batch under a row budget and an image budget (docs/method.md section 6). numpy only.
 
 A chunk holds at most `rows_per_chunk` rows and `images_per_chunk` image slots, so the ViT runs on a fixed number of
 real images. Rows are taken in stream order while both budgets hold; the first row that would overflow either closes

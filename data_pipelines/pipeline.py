@@ -1,4 +1,4 @@
-"""TFDS documents -> this host's share of each global batch, in the layout of method.md section 6.
+"""TFDS documents -> this host's share of each global batch, in the layout of docs/method.md section 6.
 
   data = Pipeline(config, num_chunks=C, process_index=jax.process_index(), process_count=jax.process_count())
   for host_batch, metrics in data: ...      # endless; epochs roll over per source

@@ -65,7 +65,7 @@ def row_builder(source: str, tokenizer, *, seq_len: int, patches_per_image: int,
     def build(docs, rng, counts):
       for doc in docs:
         row = rows_lib.mmc4_row(doc, rng, tokenizer, max_images=mmc4_max, **kwargs)
-        if row is None:  # no image left after the similarity filter (method.md section 2)
+        if row is None:  # no image left after the similarity filter (docs/method.md section 2)
           counts["no_image_kept"] = counts.get("no_image_kept", 0) + 1
         else:
           yield row

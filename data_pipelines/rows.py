@@ -1,4 +1,4 @@
-"""Documents -> interleaved token rows (method.md sections 1 and 2).
+"""Documents -> interleaved token rows (docs/method.md sections 1 and 2).
 
 Plain, seeded functions of documents: numpy only, no tensorflow, so they run the same on a host feeding an
 accelerator and in a unit test. A document is the dict of data_pipelines/readers/schema.py (`doc_id, source, texts,
@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-# Default MMC4 filters (method.md section 2; the paper and the authors' code).
+# Default MMC4 filters (docs/method.md section 2; the paper and the authors' code).
 MMC4_SIM_THRESHOLD = 0.24
 MAX_IMAGES_PER_DOC = 6
 
@@ -296,7 +296,7 @@ def obelics_rows(docs: Iterable, rng, tokenizer, *, seq_len, patches_per_image,
   """Documents -> consecutive seq_len windows of the concatenation of `<s> document </s>`, each its own segment.
 
   Documents keep their stored placement (OBELICS: fixed page order; a PLACEMENT_RANDOM document is drawn as in
-  MMC4). Only documents with 1 to `max_images` images are used (method.md section 2); the others are skipped and
+  MMC4). Only documents with 1 to `max_images` images are used (docs/method.md section 2); the others are skipped and
   counted in `counts` (a dict, if given) under "no_image" / "too_many_images". An image span that would straddle a
   window boundary moves whole to the next window and the current window is padded from there; so does the next
   span once a window holds `max_row_images` spans (None: no limit; `max_images` is the per-document filter above), a

@@ -1,4 +1,4 @@
-"""SentencePiece with LCL's special ids reserved at the front (method.md section 1, SPECIAL_TOKENS).
+"""SentencePiece with LCL's special ids reserved at the front (docs/method.md section 1, SPECIAL_TOKENS).
 
 Layout of every model trained here:
   0 <pad>   1 <s>   2 </s>   3 <boi>   4 <eoi>   5 <img>   6 <unk>   7.. learned pieces

@@ -1,5 +1,5 @@
-"""LCL losses (method.md section 4): gathered bidirectional contrastive loss and next-token loss. jax (flax only for
-logical sharding constraints).
+"""LCL losses (docs/method.md section 4): gathered bidirectional contrastive loss and next-token loss. jax (flax only
+for logical sharding constraints).
 
 The contrastive loss never builds the global N x N logits on one device: under a mesh, each data shard computes
 its local rows against all-gathered columns (`shard_map` + `all_gather`, gradients flow back through the gather as

@@ -1,4 +1,4 @@
-"""The paper's optimiser (method.md section 5): AdamW (0.9, 0.95) with a weight-decay mask, linear warm-up then
+"""The paper's optimiser (docs/method.md section 5): AdamW (0.9, 0.95) with a weight-decay mask, linear warm-up then
 cosine decay, optional global-norm clipping (off in the paper)."""
 import jax
 import optax

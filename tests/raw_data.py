@@ -1,6 +1,6 @@
 """Writers of small raw MMC4 / OBELICS / LAION shards and images, for the data_pipelines tests.
 
-Each writes the real on-disk format of formats.md (JSON lines, zip, parquet, webdataset tar), so the tests exercise
+Each writes the real on-disk format of docs/formats.md (JSON lines, zip, parquet, webdataset tar), so the tests exercise
 the same code paths as users' downloads.
 """
 import io

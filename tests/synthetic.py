@@ -1,4 +1,4 @@
-"""Synthetic batches that follow the batch contract (method.md section 6), and NumPy loss references."""
+"""Synthetic batches that follow the batch contract (docs/method.md section 6), and NumPy loss references."""
 import numpy as np
 
 from configs import common
@@ -74,7 +74,7 @@ def np_contrastive(v, t, valid, logit_scale):
 
 
 def np_next_token(logits, tokens, segment_ids):
-  """Reference next-token loss with the target rules of method.md section 4, by explicit loops."""
+  """Reference next-token loss with the target rules of docs/method.md section 4, by explicit loops."""
   total, count = 0.0, 0
   b, length, _ = logits.shape
   for r in range(b):

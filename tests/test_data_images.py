@@ -1,4 +1,4 @@
-"""data_pipelines.images.validate_image: every bad-image kind of formats.md, and what TensorFlow can decode after."""
+"""data_pipelines.images.validate_image: every bad-image kind of docs/formats.md, and what TensorFlow decodes after."""
 import io
 import struct
 import zlib

@@ -1,6 +1,6 @@
 """Readers of the raw formats (data_pipelines/readers) and bad-input bookkeeping (data_pipelines/bad_input.py).
 
-Every bad-input kind of formats.md on generated files: each is skipped and counted, the good content around it is
+Every bad-input kind of docs/formats.md on generated files: each is skipped and counted, the good content around it is
 kept, and nothing outside the data root is ever opened.
 """
 import hashlib

@@ -7,6 +7,8 @@ data_pipelines or configs.
   ablation         the paper's ablation study at demo size (docs/ablation.md)
   data_bench       the data pipeline's throughput
   inspect_batches  what the pipeline's batches hold, as text and a picture
+  tfdata_compare   our batch stream against tf.data: resume on other host counts, transform speed, checkpoints
+                   (docs/pipeline.md)
 The scripts beside them (lcl_parity_fixture.py, clip_tokenizer_fixture.py, torch_fixtures.py) run with torch and
 the authors' code to write tests/fixtures.
 """

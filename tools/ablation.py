@@ -6,7 +6,7 @@
 Every variant trains the model of configs/ablation_digits.py (the runlocal MMC4 model on the bundled demo digits)
 with the same budget and the same seeds through lcl_jax.train.run, one sub-workdir per run
 (`<workdir>/<variant>/seed_<s>`), one after the other in this process. The only difference between variants is the
-two loss weights (method.md section 4):
+two loss weights (docs/method.md section 4):
   lcl               lambda = 0.1, generation 1   (the paper's recipe)
   contrastive_only  lambda = 0.1, generation 0   (CLIP-like; with AdamW the 0.1 scale of a lone loss hardly matters)
   generation_only   lambda = 0,   generation 1   (Flamingo-like)

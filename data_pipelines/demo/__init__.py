@@ -2,13 +2,13 @@
 
     python -m data_pipelines.demo [--cache_dir=DIR]     # builds once (well under a minute), prints the reports
 
-The digits are scikit-learn's bundled `load_digits` (1797 scans, 8x8, 16 grey levels; no download), upscaled to
-32x32 and inked in a few colours (runlocal ViT: image_size 32, patch 8, so K = 16 patches per image). A stratified
-20% of every class is held out for evaluation and never appears in a training document. The rest is written as the
-raw files users hold (formats.md): MMC4 jsonl shards (some zipped) with an image folder, and img2dataset-style LAION
-webdataset tars, with a little of the usual dirt (failed downloads, a broken JSON line, samples missing their caption
-or image, grayscale PNGs). Then the SAME readers and build step as real data (data_pipelines.build) write TFDS
-documents, and the demo tokenizer is trained on the training text.
+The digits are scikit-learn's bundled `load_digits` (1797 scans, 8x8, 16 grey levels; no download), upscaled to 32x32
+and inked in a few colours (runlocal ViT: image_size 32, patch 8, so K = 16 patches per image). A stratified 20% of
+every class is held out for evaluation and never appears in a training document. The rest is written as the raw files
+users hold (docs/formats.md): MMC4 jsonl shards (some zipped) with an image folder, and img2dataset-style LAION
+webdataset tars, with a little of the usual dirt (failed downloads, a broken JSON line, samples missing their caption or
+image, grayscale PNGs). Then the SAME readers and build step as real data (data_pipelines.build) write TFDS documents,
+and the demo tokenizer is trained on the training text.
 
 Layout of `<cache_dir>/demo_v1/` (cache_dir: --cache_dir, else $LCL_DEMO_DIR, else ~/.cache/lcl_jax):
   raw/mmc4/docs_shard_{0,2}_v2.jsonl.zip, raw/mmc4/docs_shard_1_v2.jsonl    MMC4 shards

@@ -1,4 +1,4 @@
-"""The demo corpus on disk: digit images rendered and written in the raw formats users hold (formats.md).
+"""The demo corpus on disk: digit images rendered and written in the raw formats users hold (docs/formats.md).
 
 Every writer is byte-deterministic (fixed zip/tar member dates and owners, no timestamps), so two builds of the
 same corpus give identical files. The dirt written on purpose (failed downloads, a cut-off JSON line, LAION samples

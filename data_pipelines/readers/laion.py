@@ -1,6 +1,6 @@
 """LAION pairs reader: img2dataset webdataset tars -> one unified document per (image, caption) (readers/schema.py).
 
-Input (formats.md): `*.tar` shards directly in `input_dir` (`00000.tar`, ...), read in name order; the per-shard
+Input (docs/formats.md): `*.tar` shards directly in `input_dir` (`00000.tar`, ...), read in name order; the per-shard
 `.parquet` files are not needed. Members are grouped by sample key = the member path up to the first dot of its
 basename (`dir/000017.jpg` -> key `dir/000017`, extension `jpg`), as webdataset does. Each tar's headers are indexed
 first and samples are then read in order of first appearance, so members need not be contiguous (re-tarred folders

@@ -1,7 +1,7 @@
 """MMC4 reader: `docs_shard_*.jsonl[.zip]` documents + downloaded images -> unified documents (readers/schema.py).
 
-Input (formats.md): shards `*.jsonl` and `*.jsonl.zip` directly in `input_dir`, read in name order, one document per
-line with `text_list` and `image_info` (`image_name`, `matched_text_index`, `matched_sim`); `similarity_matrix` and
+Input (docs/formats.md): shards `*.jsonl` and `*.jsonl.zip` directly in `input_dir`, read in name order, one document
+per line with `text_list` and `image_info` (`image_name`, `matched_text_index`, `matched_sim`); `similarity_matrix` and
 other keys are optional. A shard present in both encodings is read once, from its `.jsonl.zip`; the `.jsonl` is
 counted `duplicate_encoding` (readers/listing.py). Images come from `images_dir` (default `<input_dir>/images`): a
 folder of files named by `image_name`, or tar shards whose member names are the image names (readers/image_store.py).

@@ -1,8 +1,8 @@
 """OBELICS reader: parquet or JSON-lines rows + downloaded images -> unified documents (readers/schema.py).
 
-Input (formats.md): `*.parquet`, `*.jsonl` or `*.jsonl.zip` files directly in `input_dir`, read in name order (parquet
-in row-group batches, never whole), rows with `images` and `texts` (same length; at each position exactly one is
-non-null); `metadata` and `general_metadata` are not needed and not read. A shard present in several encodings is
+Input (docs/formats.md): `*.parquet`, `*.jsonl` or `*.jsonl.zip` files directly in `input_dir`, read in name order
+(parquet in row-group batches, never whole), rows with `images` and `texts` (same length; at each position exactly one
+is non-null); `metadata` and `general_metadata` are not needed and not read. A shard present in several encodings is
 read once: of `X.parquet`, `X.jsonl.zip` and `X.jsonl` the first present; the others are counted `duplicate_encoding`
 (readers/listing.py).
 
@@ -18,7 +18,7 @@ the folder are counted `unsafe_path` and never opened.
 
 Each document becomes: texts = the non-null texts in order; per kept image, image_text_index = the number of texts
 before it (the text piece it immediately precedes; len(texts) when it ends the document); placement fixed.
-Documents must keep 1 to 6 images after validation (method.md section 2): others are counted `no_usable_image` or
+Documents must keep 1 to 6 images after validation (docs/method.md section 2): others are counted `no_usable_image` or
 `too_many_images` (their valid images then count as `in_dropped_document`). Other reasons as in mmc4.py, plus
 `unmapped_image` [image] for an entry the mapping does not know. doc_id is "<file>:<row number from 0>".
 """

@@ -1,7 +1,7 @@
 """Evaluation image sets: the demo's held-out digits, any .npz in that layout, or a TFDS dataset by name and split.
 
 Every set streams host batches `dict(images uint8 [b, S, S, 3], label int32 [b], captions list[list[str]])`
-(b <= batch size, the last batch partial) after the evaluation transform of method.md section 5: resize the short
+(b <= batch size, the last batch partial) after the evaluation transform of docs/method.md section 5: resize the short
 side to S = config.model.vit.image_size, then centre crop. Multi-host: every host reads the whole set (evaluation
 sets are small) and the sharded runner (features.py) gives each device its slice, so no host-dependent split exists.
 

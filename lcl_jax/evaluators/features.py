@@ -124,7 +124,7 @@ class Encoders:
 
 def prompt_rows(tokenizer, texts, text_len: int) -> dict:
   """Texts -> rows `<s> text <boi>` + padding: tokens / segment_ids / positions int32 [M, text_len] and the
-  `<boi>` index [M] (method.md section 7: the text vector is t at that `<boi>`). Long texts keep their start."""
+  `<boi>` index [M] (docs/method.md section 7: the text vector is t at that `<boi>`). Long texts keep their start."""
   m = len(texts)
   tokens = np.full((m, text_len), tokenizer.pad_id, np.int32)
   segment_ids = np.zeros((m, text_len), np.int32)

@@ -6,7 +6,7 @@ Rows come from data_pipelines.rows, the same builders as training:
 - dataset "lcl_mmc4" / "lcl_laion" / "lcl_obelics": the built TFDS documents of `split` (the builders' held-out split
   is "validation") in data_dir, through mmc4_row / laion_rows / obelics_rows.
 Placement draws come from a generator seeded by `seed`, so every run scores the same rows. Rows are packed into
-batches that follow the training contract (method.md section 6) over the mesh's data shards; a short last batch is
+batches that follow the training contract (docs/method.md section 6) over the mesh's data shards; a short last batch is
 filled with all-padding rows, which have no targets, so every target counts exactly once.
 Perplexity = exp(mean next-token NLL) over the targets of losses.generation_targets (text, `<boi>`, `</s>`).
 Scalars: perplexity, nll, num_targets, num_rows.

@@ -1,4 +1,4 @@
-"""Frozen transfer, classification (method.md section 7): probes trained on frozen ViT features.
+"""Frozen transfer, classification (docs/method.md section 7): probes trained on frozen ViT features.
 
 - attention_probe: the paper's probe: attention pooling (one learned query, multi-head) + LayerNorm + linear, trained
   with AdamW on the frozen patch latents z [N, K, D_v].

@@ -1,4 +1,4 @@
-"""Zero-shot image-text retrieval on a paired set: recall@1/5/10 both ways (method.md section 7).
+"""Zero-shot image-text retrieval on a paired set: recall@1/5/10 both ways (docs/method.md section 7).
 
 Captions are encoded as `<s> caption <boi>` (t at that `<boi>`), images by their pooled v; both L2-normalised and
 ranked by cosine similarity. An image may carry several captions (COCO: about 5). Identical caption texts are one

@@ -1,4 +1,4 @@
-"""Zero-shot classification with the decoder as text encoder (method.md section 7).
+"""Zero-shot classification with the decoder as text encoder (docs/method.md section 7).
 
 Each class name fills every prompt template; each prompt is tokenised as `<s> prompt <boi>` and its text vector is
 t at that `<boi>`. A class's vector is the mean of its L2-normalised prompt vectors, normalised again (CLIP's prompt

@@ -1,6 +1,6 @@
 """The LCL model: ViT latents written into the decoder's interleaved sequence; v and t for the contrastive loss.
 
-Batch contract (method.md section 6): the leading dims of `tokens` [B, L] and `images` [N, H, W, 3] split into
+Batch contract (docs/method.md section 6): the leading dims of `tokens` [B, L] and `images` [N, H, W, 3] split into
 `num_chunks` contiguous, self-contained chunks; within a chunk the j-th image span in row-major token order
 belongs to the j-th image slot of that chunk. All indexing below is per chunk with static shapes.
 """

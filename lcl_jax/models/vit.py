@@ -16,7 +16,7 @@ from lcl_jax.models import attention, layers
 Dtype = Any
 ACT = (axes.ACT_IMAGES, axes.ACT_PATCHES, axes.ACT_EMBED)
 
-# CLIP normalisation (method.md section 5); images arrive as uint8 and are normalised on device.
+# CLIP normalisation (docs/method.md section 5); images arrive as uint8 and are normalised on device.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
