@@ -37,6 +37,7 @@ from data_pipelines.errors import DataSetupError
 from data_pipelines import augment
 from data_pipelines import batch_stats
 from data_pipelines import chunking
+from data_pipelines import demo
 from data_pipelines import documents as documents_lib
 from data_pipelines import row_stream
 from data_pipelines import rows as rows_lib
@@ -62,12 +63,7 @@ class _Ready:
 
 def resolve_paths(data_config) -> tuple[str, str]:
   """(data_dir, tokenizer path or "clip_bpe"), with "demo" meaning the bundled demo corpus (built on first use)."""
-  data_dir, tokenizer = data_config.data_dir, data_config.tokenizer
-  if "demo" in (data_dir, tokenizer):
-    from data_pipelines import demo  # pylint: disable=import-outside-toplevel  # builds only when asked for
-    paths = demo.ensure_demo()
-    data_dir = paths.data_dir if data_dir == "demo" else data_dir
-    tokenizer = paths.tokenizer_path if tokenizer == "demo" else tokenizer
+  data_dir, tokenizer = demo.resolve(data_config.data_dir, "data_dir"), demo.resolve(data_config.tokenizer, "tokenizer")
   for key, value in (("data_dir", data_dir), ("tokenizer", tokenizer)):
     if not value:
       raise DataSetupError(f"config.data.{key} is empty: pass --config.data.{key}=PATH, or 'demo'.")

@@ -140,23 +140,18 @@ def load_tfds(name: str, split: str, *, data_dir: Optional[str], image_size: int
   return EvalSet(name=f"{name}:{split}", class_names=class_names, templates=[], batches=batches)
 
 
-def demo_eval_path() -> str:
-  from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-  return ensure_demo().eval_path
-
-
 def load(spec, config) -> EvalSet:
   """An evaluator's `dataset` / `split` / `data_dir` / `max_examples` (and TFDS feature keys) -> EvalSet.
 
   dataset: "demo" (the held-out digits), a path ending in .npz (same layout), or a TFDS name; data_dir "" means
   config.data.data_dir (unless that is the demo corpus, which holds no public TFDS sets).
   """
+  from data_pipelines import demo  # pylint: disable=import-outside-toplevel
   size = config.model.vit.image_size
-  if spec.dataset == "demo":
-    return load_npz(demo_eval_path(), image_size=size, max_examples=spec.max_examples)
-  if spec.dataset.endswith(".npz"):
-    return load_npz(spec.dataset, image_size=size, max_examples=spec.max_examples)
-  data_dir = spec.data_dir or (config.data.data_dir if config.data.data_dir != "demo" else "")
+  dataset = demo.resolve(spec.dataset, "eval")
+  if dataset.endswith(".npz"):
+    return load_npz(dataset, image_size=size, max_examples=spec.max_examples)
+  data_dir = spec.data_dir or (config.data.data_dir if config.data.data_dir != demo.DEMO else "")
   return load_tfds(spec.dataset, spec.split, data_dir=data_dir, image_size=size, max_examples=spec.max_examples,
                    image_key=spec.image_key, label_key=spec.label_key, caption_key=spec.caption_key)
 
@@ -164,11 +159,8 @@ def load(spec, config) -> EvalSet:
 def load_tokenizer(config):
   """config.data.tokenizer: a SentencePiece path, "clip_bpe" (data_pipelines.clip_tokenizer), or "demo" for the
   demo corpus's tokenizer."""
-  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  spec = config.data.tokenizer
-  if spec == "demo":
-    from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-    spec = ensure_demo().tokenizer_path
+  from data_pipelines import demo, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  spec = demo.resolve(config.data.tokenizer, "tokenizer")
   if not spec:
     raise ValueError("Text evaluators need config.data.tokenizer (a SentencePiece model path, 'clip_bpe', or "
                      "'demo').")

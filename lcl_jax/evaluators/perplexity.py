@@ -84,10 +84,8 @@ class Perplexity(base.Evaluator):
   def _documents(self):
     """The built documents of `split` (a tf.data.Dataset; opening it checks they exist)."""
     from data_pipelines import build  # pylint: disable=import-outside-toplevel
-    data_dir = self.spec.data_dir or self.context.config.data.data_dir
-    if data_dir == "demo":
-      from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-      data_dir = ensure_demo().data_dir
+    from data_pipelines import demo  # pylint: disable=import-outside-toplevel
+    data_dir = demo.resolve(self.spec.data_dir or self.context.config.data.data_dir, "data_dir")
     ds = build.load_documents(LCL_SOURCES[self.spec.dataset], data_dir, self.spec.split)
     return ds.take(self.spec.max_examples) if self.spec.max_examples else ds
 
