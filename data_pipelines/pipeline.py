@@ -35,6 +35,7 @@ import numpy as np
 
 from data_pipelines.errors import DataSetupError
 from data_pipelines import augment
+from data_pipelines import batch_spec
 from data_pipelines import batch_stats
 from data_pipelines import chunking
 from data_pipelines import demo
@@ -86,14 +87,14 @@ class Pipeline:
     if num_chunks < 1 or num_chunks % process_count:
       raise ValueError(f"num_chunks={num_chunks} must be a positive multiple of process_count={process_count}.")
     self.num_chunks, self.local_chunks = num_chunks, num_chunks // process_count
-    self.rows_per_chunk, self.images_per_chunk = d.rows_per_batch // num_chunks, d.images_per_batch // num_chunks
+    self.rows_per_chunk, self.images_per_chunk = batch_spec.per_chunk(config, num_chunks)
     for key, per_chunk in (("rows_per_batch", self.rows_per_chunk), ("images_per_batch", self.images_per_chunk)):
       if per_chunk < 1:
         raise DataSetupError(f"config.data.{key}={d[key]} gives less than one per chunk over {num_chunks} chunks.")
     self.host, self.hosts = process_index, process_count
     self.seed, self.train = int(config.seed), train
     self.seq_len, self.image_size = int(d.seq_len), int(vit.image_size)
-    self.patches = (vit.image_size // vit.patch_size) ** 2
+    self.patches = batch_spec.patches_per_image(vit)
     self.block_docs = int(d.get("block_docs", 512))
     self.threads = int(d.get("decode_threads", 0)) or len(os.sched_getaffinity(0))
     self.prefetch = max(1, int(d.get("prefetch_batches", 2)))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from data_pipelines import batch_spec
 from lcl_jax.models.vit import pool_from_config, vit_from_config
 
 FORMAT, VERSION = "lcl_jax.vision_encoder", 1
@@ -72,7 +73,7 @@ class VisionEncoder:
     self.module = VisionTower(self.config)
     v = self.config["vit"]
     self.image_size, self.width, self.embed_dim = v["image_size"], v["width"], self.config["embed_dim"]
-    self.num_patches = (v["image_size"] // v["patch_size"]) ** 2
+    self.num_patches = batch_spec.patches_per_image(v)
     self._apply = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
 
   def __call__(self, images):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common, vitb16_mmc4
+from data_pipelines import batch_spec
 from data_pipelines.demo import ensure_demo
 from data_pipelines.demo.text import NAMES
 from data_pipelines.tokenizer import Tokenizer
@@ -192,8 +193,8 @@ def test_perplexity_counts_every_target_once_and_matches_a_row_by_row_reference(
   mesh = towers[2]
   model = models.LCL(config.model)
   (evaluator,) = evaluators.from_config(config, model=model, mesh=mesh)
-  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), models.dummy_batch(
-      config.model, rows=1, images=1, seq_len=48))["params"])())
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), batch_spec.zeros(
+      batch_spec.smallest(config.model)))["params"])())
   result = evaluator.run(params, 0).scalars
 
   # Every pair gives its caption tokens, <boi> and </s> as targets, wherever its image sits.

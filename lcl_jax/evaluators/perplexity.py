@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
+from data_pipelines import batch_spec
 from lcl_jax import losses
 from lcl_jax.evaluators import base, datasets
-from lcl_jax.models import patches_per_image
 
 LCL_SOURCES = {"lcl_mmc4": "mmc4", "lcl_laion": "laion", "lcl_obelics": "obelics"}
 
@@ -92,7 +92,8 @@ class Perplexity(base.Evaluator):
   def rows(self):
     from data_pipelines import rows as rows_lib  # pylint: disable=import-outside-toplevel
     config, spec = self.context.config, self.spec
-    kw = dict(seq_len=spec.seq_len or config.data.seq_len, patches_per_image=patches_per_image(config.model))
+    kw = dict(seq_len=spec.seq_len or config.data.seq_len,
+              patches_per_image=batch_spec.patches_per_image(config.model.vit))
     rng, tokenizer = np.random.default_rng(spec.seed), self.context.tokenizer
     if spec.dataset in LCL_SOURCES:
       return list(self._document_rows(rows_lib, LCL_SOURCES[spec.dataset], rng, tokenizer, kw))
