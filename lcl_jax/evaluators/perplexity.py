@@ -15,18 +15,18 @@ import math
 
 import numpy as np
 
-from data_pipelines import batch_spec
+from data_pipelines import augment, batch_spec
 from lcl_jax import losses
 from lcl_jax.evaluators import base, datasets
 
 LCL_SOURCES = {"lcl_mmc4": "mmc4", "lcl_laion": "laion", "lcl_obelics": "obelics"}
 
 
-def pack_rows(rows, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: int, decode, image_size: int):
+def pack_rows(rows, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: int, image_size: int):
   """Rows (data_pipelines.rows.Row) -> host batches of the training contract, in order, nothing dropped.
 
   A chunk takes rows until its row or image budget would overflow; a batch is `num_chunks` chunks; the last batch is
-  completed with empty chunks. `decode(bytes) -> uint8 [S, S, 3]`.
+  completed with empty chunks. Images go through the pipeline's eval transform (augment.load).
   """
   chunks, current = [], []
   for row in rows:
@@ -38,15 +38,15 @@ def pack_rows(rows, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: i
       current = []
     current.append(row)
     if len(chunks) == num_chunks:
-      yield _batch(chunks, rows_per_chunk, images_per_chunk, decode, image_size)
+      yield _batch(chunks, rows_per_chunk, images_per_chunk, image_size)
       chunks = []
   if current:
     chunks.append(current)
   if chunks:
-    yield _batch(chunks + [[]] * (num_chunks - len(chunks)), rows_per_chunk, images_per_chunk, decode, image_size)
+    yield _batch(chunks + [[]] * (num_chunks - len(chunks)), rows_per_chunk, images_per_chunk, image_size)
 
 
-def _batch(chunks, rows_per_chunk, images_per_chunk, decode, image_size):
+def _batch(chunks, rows_per_chunk, images_per_chunk, image_size):
   seq_len = next(len(r.tokens) for chunk in chunks for r in chunk)
   c = len(chunks)
   tokens = np.zeros((c * rows_per_chunk, seq_len), np.int32)   # pad id 0, segment 0: no targets
@@ -60,7 +60,7 @@ def _batch(chunks, rows_per_chunk, images_per_chunk, decode, image_size):
       r = i * rows_per_chunk + j
       tokens[r], segment_ids[r], positions[r] = row.tokens, row.segment_ids, row.positions
       for data in row.images:   # the chunk's j-th image span owns its j-th image slot
-        images[slot] = decode(data)
+        images[slot] = augment.load(data, image_size, None)
         image_valid[slot] = True
         slot += 1
   return dict(tokens=tokens, segment_ids=segment_ids, positions=positions, images=images, image_valid=image_valid)
@@ -134,11 +134,10 @@ class Perplexity(base.Evaluator):
     rows_per_chunk = max(1, -(-(self.spec.rows_per_batch or config.data.rows_per_batch // accum) // shards))
     images_per_chunk = max(-(-(self.spec.images_per_batch or config.data.images_per_batch // accum) // shards),
                            max(len(r.images) for r in rows))
-    size = config.model.vit.image_size
     params = runner.on_mesh(params)
     total, count = 0.0, 0.0
     for batch in pack_rows(rows, num_chunks=shards, rows_per_chunk=rows_per_chunk, images_per_chunk=images_per_chunk,
-                           decode=lambda data: datasets.decode_image(data, size), image_size=size):
+                           image_size=config.model.vit.image_size):
       out = runner.call(self._nll, params, batch)
       total += float(out["nll_sum"])
       count += float(out["count"])
