@@ -105,10 +105,29 @@ def load(data: bytes, size: int, rng: np.random.Generator | None, *, max_pixels:
       image = images_lib._to_rgb(image)  # pylint: disable=protected-access
     except (ValueError, OSError) as e:
       raise ImageError(images_lib.UNSUPPORTED_MODE, image.mode) from e
-  out = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
+  out = _resize(image, size, box)
   if out.shape != (size, size, 3):
     raise ImageError(images_lib.UNSUPPORTED_MODE, f"shape {out.shape}")
   return out
+
+
+def _resize(image: Image.Image, size: int, box) -> np.ndarray:
+  """The crop box of `image`, resized to size x size with bicubic: the one resampling step of both transforms."""
+  return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
+
+
+def eval_transform(images, size: int) -> np.ndarray:
+  """Decoded pixels uint8 [H, W, 3] or a batch [N, H, W, 3] -> uint8 [..., size, size, 3]: the eval transform,
+  exactly what `load(data, size, None)` does after decoding (so the pipeline, the evaluators and the exported
+  encoder give the same pixels). Images already at size x size pass through untouched."""
+  images = np.asarray(images, np.uint8)
+  if images.ndim == 4:
+    return np.stack([eval_transform(image, size) for image in images]) if len(images) else (
+        np.zeros((0, size, size, 3), np.uint8))
+  if images.ndim != 3 or images.shape[-1] != 3:
+    raise ValueError(f"expected uint8 [H, W, 3] or [N, H, W, 3], got shape {images.shape}")
+  height, width = images.shape[:2]
+  return _resize(Image.fromarray(np.ascontiguousarray(images)), size, centre_crop(width, height))
 
 
 def _decode_failure(error: Exception) -> str:

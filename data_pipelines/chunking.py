@@ -9,7 +9,7 @@ A row with more images than `images_per_chunk` fits no chunk; the caller must dr
 """
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
+from data_pipelines import batch_spec
 
 
 def pack(items: Iterable, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: int,
@@ -48,10 +48,7 @@ def assemble(chunks: Sequence[Sequence], *, rows_per_chunk: int, images_per_chun
     image_valid                     bool  [C * images_per_chunk]          unused slots zero and False
   """
   num_rows, num_slots = len(chunks) * rows_per_chunk, len(chunks) * images_per_chunk
-  batch = dict(tokens=np.zeros((num_rows, seq_len), np.int32), segment_ids=np.zeros((num_rows, seq_len), np.int32),
-               positions=np.zeros((num_rows, seq_len), np.int32),
-               images=np.zeros((num_slots, image_size, image_size, 3), np.uint8),
-               image_valid=np.zeros((num_slots,), bool))
+  batch = batch_spec.zeros(batch_spec.shapes(rows=num_rows, images=num_slots, seq_len=seq_len, image_size=image_size))
   for c, chunk in enumerate(chunks):
     if len(chunk) > rows_per_chunk:
       raise ValueError(f"chunk {c} has {len(chunk)} rows, budget {rows_per_chunk}")

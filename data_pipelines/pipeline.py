@@ -35,8 +35,10 @@ import numpy as np
 
 from data_pipelines.errors import DataSetupError
 from data_pipelines import augment
+from data_pipelines import batch_spec
 from data_pipelines import batch_stats
 from data_pipelines import chunking
+from data_pipelines import demo
 from data_pipelines import documents as documents_lib
 from data_pipelines import row_stream
 from data_pipelines import rows as rows_lib
@@ -62,12 +64,7 @@ class _Ready:
 
 def resolve_paths(data_config) -> tuple[str, str]:
   """(data_dir, tokenizer path or "clip_bpe"), with "demo" meaning the bundled demo corpus (built on first use)."""
-  data_dir, tokenizer = data_config.data_dir, data_config.tokenizer
-  if "demo" in (data_dir, tokenizer):
-    from data_pipelines import demo  # pylint: disable=import-outside-toplevel  # builds only when asked for
-    paths = demo.ensure_demo()
-    data_dir = paths.data_dir if data_dir == "demo" else data_dir
-    tokenizer = paths.tokenizer_path if tokenizer == "demo" else tokenizer
+  data_dir, tokenizer = demo.resolve(data_config.data_dir, "data_dir"), demo.resolve(data_config.tokenizer, "tokenizer")
   for key, value in (("data_dir", data_dir), ("tokenizer", tokenizer)):
     if not value:
       raise DataSetupError(f"config.data.{key} is empty: pass --config.data.{key}=PATH, or 'demo'.")
@@ -90,14 +87,14 @@ class Pipeline:
     if num_chunks < 1 or num_chunks % process_count:
       raise ValueError(f"num_chunks={num_chunks} must be a positive multiple of process_count={process_count}.")
     self.num_chunks, self.local_chunks = num_chunks, num_chunks // process_count
-    self.rows_per_chunk, self.images_per_chunk = d.rows_per_batch // num_chunks, d.images_per_batch // num_chunks
+    self.rows_per_chunk, self.images_per_chunk = batch_spec.per_chunk(config, num_chunks)
     for key, per_chunk in (("rows_per_batch", self.rows_per_chunk), ("images_per_batch", self.images_per_chunk)):
       if per_chunk < 1:
         raise DataSetupError(f"config.data.{key}={d[key]} gives less than one per chunk over {num_chunks} chunks.")
     self.host, self.hosts = process_index, process_count
     self.seed, self.train = int(config.seed), train
     self.seq_len, self.image_size = int(d.seq_len), int(vit.image_size)
-    self.patches = (vit.image_size // vit.patch_size) ** 2
+    self.patches = batch_spec.patches_per_image(vit)
     self.block_docs = int(d.get("block_docs", 512))
     self.threads = int(d.get("decode_threads", 0)) or len(os.sched_getaffinity(0))
     self.prefetch = max(1, int(d.get("prefetch_batches", 2)))

@@ -1,6 +1,7 @@
 """Start-up checks: a bad configuration fails before any compute, with a message that says what to change."""
 import jax
 
+from data_pipelines import batch_spec
 from lcl_jax.models import attention
 
 
@@ -20,7 +21,7 @@ def check(config, *, num_data_shards: int) -> None:
           f"Set --config.data.{key}={max(chunks, d[key] // chunks * chunks)} or change config.sharding.mesh.")
   if d.seq_len > m.decoder.max_len:
     raise ConfigError(f"config.data.seq_len={d.seq_len} exceeds config.model.decoder.max_len={m.decoder.max_len}.")
-  patches = (m.vit.image_size // m.vit.patch_size) ** 2
+  patches = batch_spec.patches_per_image(m.vit)
   if m.vit.image_size % m.vit.patch_size:
     raise ConfigError(f"config.model.vit.image_size={m.vit.image_size} must be a multiple of "
                       f"config.model.vit.patch_size={m.vit.patch_size}.")

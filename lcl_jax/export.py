@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from data_pipelines import augment, batch_spec
 from lcl_jax.models.vit import pool_from_config, vit_from_config
 
 FORMAT, VERSION = "lcl_jax.vision_encoder", 1
@@ -47,19 +48,6 @@ class VisionTower(nn.Module):
     return z, self.pool(z).astype(jnp.float32)
 
 
-def center_crop_resize(images, size: int):
-  """uint8 [N, H, W, 3] -> uint8 [N, size, size, 3]: centre square crop, bicubic resize (the evaluation
-  transform, resize short side then centre crop, up to rounding). Same-size images pass through untouched."""
-  n, h, w, _ = images.shape
-  if (h, w) == (size, size):
-    return images
-  side = min(h, w)
-  top, left = (h - side) // 2, (w - side) // 2
-  square = jnp.asarray(images[:, top:top + side, left:left + side], jnp.float32)
-  out = jax.image.resize(square, (n, size, size, 3), method="bicubic", antialias=True)
-  return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
-
-
 class VisionEncoder:
   """A loaded artefact: `encoder(images uint8 [N, H, W, 3]) -> (z [N, K, D_v], v [N, D_e] float32)`.
 
@@ -72,14 +60,14 @@ class VisionEncoder:
     self.module = VisionTower(self.config)
     v = self.config["vit"]
     self.image_size, self.width, self.embed_dim = v["image_size"], v["width"], self.config["embed_dim"]
-    self.num_patches = (v["image_size"] // v["patch_size"]) ** 2
+    self.num_patches = batch_spec.patches_per_image(v)
     self._apply = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
 
   def __call__(self, images):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}.")
-    return self._apply(self.params, center_crop_resize(images, self.image_size))
+    return self._apply(self.params, augment.eval_transform(images, self.image_size))
 
 
 def _open(path: str, mode: str):

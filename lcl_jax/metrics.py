@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines import batch_spec
+
 # Per device: (name used by `plan --device_kind`, pattern matched against jax's device_kind, dense bf16 peak FLOP/s,
 # memory GiB). Vendor sheets; first match wins.
 DEVICES = (
@@ -85,7 +87,7 @@ def lm_positions_estimate(model_config, loss_config, *, rows: int, image_slots: 
   filled and whose other positions are text: per row the L - 1 predicting positions less K + 1 per image (the
   positions that predict `<img>` or `<eoi>`), per chunk rounded up to whole blocks. A planning number: the
   training loop logs the measured ones (lm_head_positions, num_text_targets)."""
-  k = (model_config.vit.image_size // model_config.vit.patch_size) ** 2
+  k = batch_spec.patches_per_image(model_config.vit)
   useful = max(rows * (seq_len - 1) - image_slots * (k + 1), 0)
   block = min(loss_config.lm_block_size, rows // num_chunks * seq_len)
   per_chunk = -(-useful // num_chunks)
@@ -101,7 +103,7 @@ def model_flops_per_step(model_config, *, rows: int, image_slots: int, seq_len: 
   useful FLOPs.
   """
   v, d = model_config.vit, model_config.decoder
-  k = (v.image_size // v.patch_size) ** 2
+  k = batch_spec.patches_per_image(v)
   patch_pixels = v.patch_size ** 2 * 3
   vit = image_slots * (2 * k * patch_pixels * v.width) + _transformer_flops(
       image_slots * k, v.width, v.mlp_dim, v.depth, k)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from configs import common
+from data_pipelines import batch_spec
 
 ST = common.SPECIAL_TOKENS
 FIRST_TEXT = max(ST.values()) + 1
@@ -14,14 +15,15 @@ def make_batch(rng, *, num_chunks, rows_per_chunk, images_per_chunk, seq_len, pa
   Returns (batch, owner) where owner[i] = (row, span start) of image slot i, or None for a padded slot.
   """
   span = patches + 2
-  tokens, segs, poss, owner = [], [], [], []
-  for _ in range(num_chunks):
+  n = num_chunks * images_per_chunk
+  batch = batch_spec.zeros(batch_spec.shapes(rows=num_chunks * rows_per_chunk, images=n, seq_len=seq_len,
+                                             image_size=image_size))
+  owner = []
+  for c in range(num_chunks):
     chunk_owner = []
     for r in range(rows_per_chunk):
-      row_index = len(tokens)
-      tok = np.zeros(seq_len, np.int32)
-      seg = np.zeros(seq_len, np.int32)
-      pos = np.zeros(seq_len, np.int32)
+      row_index = c * rows_per_chunk + r
+      tok, seg, pos = (batch[k][row_index] for k in ("tokens", "segment_ids", "positions"))
       i, segment = 0, 0
       while i < seq_len - 4:
         segment += 1
@@ -44,14 +46,10 @@ def make_batch(rng, *, num_chunks, rows_per_chunk, images_per_chunk, seq_len, pa
         pos[start:i] = np.arange(i - start)
         if rng.random() < 0.3:
           break  # leave padding at the end of some rows
-      tokens.append(tok); segs.append(seg); poss.append(pos)
     owner += chunk_owner + [None] * (images_per_chunk - len(chunk_owner))
-  n = num_chunks * images_per_chunk
-  images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
-  valid = np.array([o is not None for o in owner])
-  images[~valid] = 0
-  batch = dict(tokens=np.stack(tokens), segment_ids=np.stack(segs), positions=np.stack(poss),
-               images=images, image_valid=valid)
+  batch["images"][:] = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
+  batch["image_valid"][:] = [o is not None for o in owner]
+  batch["images"][~batch["image_valid"]] = 0
   return batch, owner
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common, vitb16_mmc4
+from data_pipelines import augment, batch_spec
 from data_pipelines.demo import ensure_demo
 from data_pipelines.demo.text import NAMES
 from data_pipelines.tokenizer import Tokenizer
@@ -192,8 +193,8 @@ def test_perplexity_counts_every_target_once_and_matches_a_row_by_row_reference(
   mesh = towers[2]
   model = models.LCL(config.model)
   (evaluator,) = evaluators.from_config(config, model=model, mesh=mesh)
-  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), models.dummy_batch(
-      config.model, rows=1, images=1, seq_len=48))["params"])())
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), batch_spec.zeros(
+      batch_spec.smallest(config.model)))["params"])())
   result = evaluator.run(params, 0).scalars
 
   # Every pair gives its caption tokens, <boi> and </s> as targets, wherever its image sits.
@@ -214,7 +215,7 @@ def test_perplexity_counts_every_target_once_and_matches_a_row_by_row_reference(
   total = count = 0.0
   for row in rows:   # one row at a time, unsharded, its images in span order then empty slots
     images = np.zeros((most, 16, 16, 3), np.uint8)
-    images[:len(row.images)] = [datasets.decode_image(data, 16) for data in row.images]
+    images[:len(row.images)] = [augment.load(data, 16, None) for data in row.images]
     batch = dict(tokens=row.tokens[None], segment_ids=row.segment_ids[None], positions=row.positions[None],
                  images=images, image_valid=np.arange(most) < len(row.images))
     nll, n = row_nll(params, batch)

@@ -12,8 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+from data_pipelines import augment
 from data_pipelines.tokenizer import Tokenizer
 from lcl_jax import checkpoint, evaluate, export, models, sharding, state as state_lib
+from lcl_jax.evaluators import datasets, perplexity
+from tests.test_model import tiny_config
 from tests.test_train import tiny_train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,3 +118,25 @@ def test_evaluate_writes_scalars_pictures_and_events(run_dir):
   with open(os.path.join(folder, "zeroshot.json")) as f:
     assert json.load(f)["top1"] == out["results"]["zeroshot"]["top1"]
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+
+
+def test_pipeline_evaluators_and_exported_encoder_give_the_same_eval_pixels(tmp_path):
+  """One eval transform: an odd-sized image (37 x 53, both shrunk and cropped) becomes the same bytes through the
+  pipeline's eval path, the evaluators' image sets and perplexity rows, and the exported encoder's input."""
+  image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+  size = 16
+  pipeline = augment.load(datasets.encode_png(image), size, None)
+  assert pipeline.shape == (size, size, 3)
+  np.savez(tmp_path / "one.npz", images=image[None], labels=np.zeros(1, np.int32))
+  (evaluator_set,) = datasets.load_npz(str(tmp_path / "one.npz"), image_size=size).batches(8)
+  from data_pipelines.rows import Row  # pylint: disable=import-outside-toplevel
+  row = Row(tokens=np.zeros(8, np.int32), segment_ids=np.zeros(8, np.int32), positions=np.zeros(8, np.int32),
+            images=[datasets.encode_png(image)], doc_ids=["0"])
+  (ppl_batch,) = perplexity.pack_rows([row], num_chunks=1, rows_per_chunk=1, images_per_chunk=1, image_size=size)
+  model = json.loads(tiny_config().to_json())
+  model["vit"]["image_size"] = size
+  encoder = export.VisionEncoder(model, params=None)
+  encoder._apply = lambda params, images: images  # pylint: disable=protected-access  # what the ViT is given
+  exported = np.asarray(encoder(image[None]))
+  for other in (evaluator_set["images"][0], ppl_batch["images"][0], exported[0]):
+    assert other.dtype == np.uint8 and other.tobytes() == pipeline.tobytes()

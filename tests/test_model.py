@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import common, vitb16_laion, vitb16_mmc4, vitl14_laion_mmc4
+from data_pipelines import batch_spec
 from lcl_jax import losses, models, sharding
 from lcl_jax.models import lcl as lcl_lib
 from tests import synthetic
@@ -221,7 +222,7 @@ def test_sharded_forward_and_loss_match_single_device(model_and_params):
 
 def test_every_parameter_has_logical_axes_and_fsdp_shards_large_ones():
   config = vitb16_mmc4.get_config("runlocal")
-  boxed = models.abstract_params(config.model)
+  boxed = models.abstract_params(config.model, batch_spec.smallest(config.model))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert all(isinstance(x, nn.Partitioned) for x in leaves)
   mesh = sharding.make_mesh(dict(data=2, fsdp=4))
@@ -232,7 +233,7 @@ def test_every_parameter_has_logical_axes_and_fsdp_shards_large_ones():
 
 
 def _tower_counts(config_module):
-  from lcl_jax.models.summary import parameter_table
+  from lcl_jax.summary import parameter_table
   return parameter_table(config_module.get_config().model)[1]
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import lcl_jax
 from configs import lcl_vitb16_laion_openclip
+from data_pipelines import batch_spec
 from lcl_jax import config_checks, convert, export, losses, models, train_step as ts
 from lcl_jax.interop import open_clip, torch_files
 from lcl_jax.models import vit as vit_lib
@@ -127,7 +128,8 @@ def test_export_to_open_clip_is_the_exact_inverse_of_the_import(imported, tmp_pa
   scanned = json.loads(scanned_config.model.to_json())
   stacked = open_clip.model_params(state, scanned)
   shapes = lambda t: jax.tree.map(np.shape, t)
-  assert shapes(stacked) == shapes(nn.unbox(models.abstract_params(scanned_config.model)))
+  smallest = batch_spec.smallest(scanned_config.model)
+  assert shapes(stacked) == shapes(nn.unbox(models.abstract_params(scanned_config.model, smallest)))
   np.testing.assert_array_equal(stacked["decoder"]["blocks"]["mlp"]["fc1"]["kernel"][1],
                                 params["decoder"]["block_1"]["mlp"]["fc1"]["kernel"])
   back = open_clip.state_dict(stacked, scanned)
@@ -148,7 +150,8 @@ def test_a_converted_model_trains_evaluates_and_exports_back(tmp_path, demo_cach
   config = lcl_vitb16_laion_openclip.get_config("runlocal")
   config.model.dtype = "float32"
   model = models.LCL(config.model)
-  batch = models.dummy_batch(config.model, rows=2, images=2, seq_len=config.data.seq_len)
+  batch = batch_spec.zeros(batch_spec.shapes(rows=2, images=2, seq_len=config.data.seq_len,
+                                             image_size=config.model.vit.image_size))
   params = nn.unbox(jax.jit(lambda b: model.init(jax.random.key(1), b))(batch)["params"])
   state = open_clip.state_dict(params, json.loads(config.model.to_json()))
   torch_files.write_torch_zip(str(tmp_path / "theirs.pt"), state)

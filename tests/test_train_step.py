@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from configs import common, vitb16_mmc4
+from data_pipelines import batch_spec
 from lcl_jax import losses, models, optim, sharding, train_step as ts
 from tests import synthetic
 from tests.test_model import tiny_batch, tiny_config
@@ -33,7 +34,8 @@ def setup(num_chunks=2, peak_lr=1e-3, seed=0, sgd=False, **batch_kw):
 
 
 def test_weight_decay_mask():
-  params = models.abstract_params(vitb16_mmc4.get_config("runlocal").model)
+  model_config = vitb16_mmc4.get_config("runlocal").model
+  params = models.abstract_params(model_config, batch_spec.smallest(model_config))
   mask = optim.decay_mask(nn.unbox(params))
   flat = {"/".join(k.key for k in path): m for path, m in jax.tree_util.tree_leaves_with_path(mask)}
   assert flat["vit/block_0/mlp/fc1/kernel"] and flat["decoder/token_embed/embedding"]

@@ -47,27 +47,31 @@ def synthetic_batch(config, num_chunks, seed=0):
   """Rows of `<s> text [span] text ... </s>` with images spread evenly: exactly images/rows spans per row, each
   after some text (so every image is valid for the contrastive loss)."""
   import numpy as np
-  c, m = config.data, config.model
+  from data_pipelines import batch_spec
+  m = config.model
   st = m.special_tokens
-  k = (m.vit.image_size // m.vit.patch_size) ** 2
-  per_row = c.images_per_batch // c.rows_per_batch
+  batch = batch_spec.zeros(batch_spec.batch_spec(config, num_chunks))
+  (rows, seq_len), slots = batch["tokens"].shape, len(batch["image_valid"])
+  k = batch_spec.patches_per_image(m.vit)
+  per_row = slots // rows
   rng = np.random.default_rng(seed)
   first_text = max(st.values()) + 1
-  tokens = rng.integers(first_text, m.decoder.vocab_size, (c.rows_per_batch, c.seq_len)).astype(np.int32)
-  gap = (c.seq_len - 2 - per_row * (k + 2)) // (per_row + 1)
+  tokens = batch["tokens"]
+  tokens[:] = rng.integers(first_text, m.decoder.vocab_size, (rows, seq_len))
+  gap = (seq_len - 2 - per_row * (k + 2)) // (per_row + 1)
   if gap < 1:
-    raise ValueError(f"{per_row} image spans of {k + 2} tokens do not fit seq_len {c.seq_len} with text.")
+    raise ValueError(f"{per_row} image spans of {k + 2} tokens do not fit seq_len {seq_len} with text.")
   tokens[:, 0], tokens[:, -1] = st["bos"], st["eos"]
   for j in range(per_row):
     start = 1 + gap * (j + 1) + j * (k + 2)
     tokens[:, start] = st["boi"]
     tokens[:, start + 1:start + 1 + k] = st["img"]
     tokens[:, start + 1 + k] = st["eoi"]
-  size = m.vit.image_size
-  return dict(tokens=tokens, segment_ids=np.ones_like(tokens),
-              positions=np.broadcast_to(np.arange(c.seq_len, dtype=np.int32), tokens.shape).copy(),
-              images=rng.integers(0, 256, (c.images_per_batch, size, size, 3), dtype=np.uint8),
-              image_valid=np.ones((c.images_per_batch,), bool))
+  batch["segment_ids"][:] = 1
+  batch["positions"][:] = np.arange(seq_len)
+  batch["images"][:] = rng.integers(0, 256, batch["images"].shape, dtype=np.uint8)
+  batch["image_valid"][:] = True
+  return batch
 
 
 def _time(fn, *args, steps):

@@ -181,6 +181,19 @@ def ensure_demo(cache_dir=None) -> DemoPaths:
   return _paths(root)
 
 
+DEMO = "demo"  # the value of a path setting that means this corpus
+_KINDS = {"data_dir": "data_dir", "tokenizer": "tokenizer_path", "eval": "eval_path"}
+
+
+def resolve(path: str, kind: str) -> str:
+  """A path setting as given, or, when it is "demo", the demo corpus's own (built on first use): `kind` is
+  "data_dir" (config.data.data_dir, an evaluator's data_dir), "tokenizer" (config.data.tokenizer) or "eval" (an
+  evaluator's dataset: the held-out .npz)."""
+  if kind not in _KINDS:
+    raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+  return getattr(ensure_demo(), _KINDS[kind]) if path == DEMO else path
+
+
 def main(argv):
   del argv
   start = time.time()

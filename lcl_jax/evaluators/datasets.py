@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from data_pipelines import augment
+
 # Prompts for TFDS classification sets without their own (the 7-template ensemble of CLIP's ImageNet notebook).
 DEFAULT_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                      "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
@@ -26,38 +28,8 @@ class EvalSet:
   batches: Callable[[int], Iterator[dict]]  # batch_size -> host batches, in a fixed order
 
 
-def eval_transform(image, size: int):
-  """uint8 [H, W, 3] or a batch [N, H, W, 3] (tf or numpy) -> uint8 [..., size, size, 3] tf tensor: resize the short
-  side, centre crop. Images already at size x size pass through untouched (no resampling blur on the demo digits).
-  """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  image = tf.convert_to_tensor(image)
-  shape = tf.shape(image)
-  h, w = shape[-3], shape[-2]
-
-  def resize_and_crop():
-    scale = size / tf.cast(tf.minimum(h, w), tf.float32)
-    new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
-    new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
-    resized = tf.image.resize(image, (new_h, new_w), method="bicubic", antialias=True)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    cropped = resized[..., top:top + size, left:left + size, :]
-    return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
-
-  same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
-  out = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize_and_crop)
-  return tf.ensure_shape(out, image.shape[:-3] + (size, size, 3))
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-  """Encoded PNG/JPEG -> uint8 [size, size, 3] after the evaluation transform."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  return eval_transform(image, size).numpy()
-
-
 def encode_png(image: np.ndarray) -> bytes:
-  """uint8 [H, W, 3] -> PNG bytes (lossless: decode_image gives the same pixels back)."""
+  """uint8 [H, W, 3] -> PNG bytes (lossless: decoding gives the same pixels back)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   out = io.BytesIO()
   Image.fromarray(image).save(out, format="PNG")
@@ -92,7 +64,7 @@ def load_npz(path: str, *, image_size: int, max_examples: int = 0) -> EvalSet:
     data = np.load(io.BytesIO(f.read()))
     arrays = {k: data[k] for k in data.files}
   n = len(arrays["images"]) if not max_examples else min(max_examples, len(arrays["images"]))
-  images = eval_transform(arrays["images"][:n], image_size).numpy()  # one dense array: one batched resize
+  images = augment.eval_transform(arrays["images"][:n], image_size)
   labels = arrays["labels"][:n].astype(np.int32) if "labels" in arrays else np.full(n, -1, np.int32)
   captions = [[_text(c)] for c in arrays["captions"][:n]] if "captions" in arrays else [[] for _ in range(n)]
 
@@ -127,22 +99,17 @@ def load_tfds(name: str, split: str, *, data_dir: Optional[str], image_size: int
       ds = ds.take(max_examples)
 
     def prepare(ex):
-      out = dict(image=eval_transform(ex[image_key], image_size))
+      out = dict(image=ex[image_key])
       out["label"] = tf.cast(ex[label_key], tf.int32) if label_feature is not None else tf.constant(-1)
       out["captions"] = _nested(ex, caption_key) if caption_key else tf.constant([], tf.string)
       return out
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    examples = (dict(image=ex["image"], label=int(ex["label"]), captions=[_text(c) for c in ex["captions"]])
-                for ex in ds.as_numpy_iterator())
+    examples = (dict(image=augment.eval_transform(ex["image"], image_size), label=int(ex["label"]),
+                     captions=[_text(c) for c in ex["captions"]]) for ex in ds.as_numpy_iterator())
     yield from _batched(examples, batch_size)
 
   return EvalSet(name=f"{name}:{split}", class_names=class_names, templates=[], batches=batches)
-
-
-def demo_eval_path() -> str:
-  from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-  return ensure_demo().eval_path
 
 
 def load(spec, config) -> EvalSet:
@@ -151,12 +118,12 @@ def load(spec, config) -> EvalSet:
   dataset: "demo" (the held-out digits), a path ending in .npz (same layout), or a TFDS name; data_dir "" means
   config.data.data_dir (unless that is the demo corpus, which holds no public TFDS sets).
   """
+  from data_pipelines import demo  # pylint: disable=import-outside-toplevel
   size = config.model.vit.image_size
-  if spec.dataset == "demo":
-    return load_npz(demo_eval_path(), image_size=size, max_examples=spec.max_examples)
-  if spec.dataset.endswith(".npz"):
-    return load_npz(spec.dataset, image_size=size, max_examples=spec.max_examples)
-  data_dir = spec.data_dir or (config.data.data_dir if config.data.data_dir != "demo" else "")
+  dataset = demo.resolve(spec.dataset, "eval")
+  if dataset.endswith(".npz"):
+    return load_npz(dataset, image_size=size, max_examples=spec.max_examples)
+  data_dir = spec.data_dir or (config.data.data_dir if config.data.data_dir != demo.DEMO else "")
   return load_tfds(spec.dataset, spec.split, data_dir=data_dir, image_size=size, max_examples=spec.max_examples,
                    image_key=spec.image_key, label_key=spec.label_key, caption_key=spec.caption_key)
 
@@ -164,11 +131,8 @@ def load(spec, config) -> EvalSet:
 def load_tokenizer(config):
   """config.data.tokenizer: a SentencePiece path, "clip_bpe" (data_pipelines.clip_tokenizer), or "demo" for the
   demo corpus's tokenizer."""
-  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  spec = config.data.tokenizer
-  if spec == "demo":
-    from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-    spec = ensure_demo().tokenizer_path
+  from data_pipelines import demo, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  spec = demo.resolve(config.data.tokenizer, "tokenizer")
   if not spec:
     raise ValueError("Text evaluators need config.data.tokenizer (a SentencePiece model path, 'clip_bpe', or "
                      "'demo').")

@@ -1,69 +1,45 @@
 """Generation: next-token perplexity of the full model on held-out interleaved rows.
 
-Rows come from data_pipelines.rows, the same builders as training:
+Rows come from training's row builders (data_pipelines.row_stream.row_builder over data_pipelines.rows):
 - dataset "demo" (or a .npz in its layout): every held-out image with its caption is a LAION-style pair
   (`<s> span caption </s>` or `<s> caption span </s>`, p = 0.5), packed into rows by laion_rows;
 - dataset "lcl_mmc4" / "lcl_laion" / "lcl_obelics": the built TFDS documents of `split` (the builders' held-out split
   is "validation") in data_dir, through mmc4_row / laion_rows / obelics_rows.
-Placement draws come from a generator seeded by `seed`, so every run scores the same rows. Rows are packed into
-batches that follow the training contract (docs/method.md section 6) over the mesh's data shards; a short last batch is
-filled with all-padding rows, which have no targets, so every target counts exactly once.
+Placement draws come from a generator seeded by `seed`, so every run scores the same rows. Rows are packed by the
+pipeline's chunking (pack, assemble) into batches of the training contract (docs/method.md section 6) over the mesh's
+data shards; a short last batch is filled with all-padding rows, which have no targets, so every target counts
+exactly once.
 Perplexity = exp(mean next-token NLL) over the targets of losses.generation_targets (text, `<boi>`, `</s>`).
 Scalars: perplexity, nll, num_targets, num_rows.
 """
+import dataclasses
+import itertools
 import math
 
 import numpy as np
 
+from data_pipelines import augment, batch_spec, chunking, row_stream
 from lcl_jax import losses
 from lcl_jax.evaluators import base, datasets
-from lcl_jax.models import patches_per_image
 
 LCL_SOURCES = {"lcl_mmc4": "mmc4", "lcl_laion": "laion", "lcl_obelics": "obelics"}
 
 
-def pack_rows(rows, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: int, decode, image_size: int):
-  """Rows (data_pipelines.rows.Row) -> host batches of the training contract, in order, nothing dropped.
-
-  A chunk takes rows until its row or image budget would overflow; a batch is `num_chunks` chunks; the last batch is
-  completed with empty chunks. `decode(bytes) -> uint8 [S, S, 3]`.
-  """
-  chunks, current = [], []
-  for row in rows:
-    if len(row.images) > images_per_chunk:
-      raise ValueError(f"a row holds {len(row.images)} images; images_per_chunk is {images_per_chunk}")
-    if current and (len(current) == rows_per_chunk
-                    or sum(len(r.images) for r in current) + len(row.images) > images_per_chunk):
-      chunks.append(current)
-      current = []
-    current.append(row)
-    if len(chunks) == num_chunks:
-      yield _batch(chunks, rows_per_chunk, images_per_chunk, decode, image_size)
-      chunks = []
-  if current:
-    chunks.append(current)
-  if chunks:
-    yield _batch(chunks + [[]] * (num_chunks - len(chunks)), rows_per_chunk, images_per_chunk, decode, image_size)
-
-
-def _batch(chunks, rows_per_chunk, images_per_chunk, decode, image_size):
-  seq_len = next(len(r.tokens) for chunk in chunks for r in chunk)
-  c = len(chunks)
-  tokens = np.zeros((c * rows_per_chunk, seq_len), np.int32)   # pad id 0, segment 0: no targets
-  segment_ids = np.zeros_like(tokens)
-  positions = np.zeros_like(tokens)
-  images = np.zeros((c * images_per_chunk, image_size, image_size, 3), np.uint8)
-  image_valid = np.zeros((c * images_per_chunk,), bool)
-  for i, chunk in enumerate(chunks):
-    slot = i * images_per_chunk
-    for j, row in enumerate(chunk):
-      r = i * rows_per_chunk + j
-      tokens[r], segment_ids[r], positions[r] = row.tokens, row.segment_ids, row.positions
-      for data in row.images:   # the chunk's j-th image span owns its j-th image slot
-        images[slot] = decode(data)
-        image_valid[slot] = True
-        slot += 1
-  return dict(tokens=tokens, segment_ids=segment_ids, positions=positions, images=images, image_valid=image_valid)
+def pack_rows(rows, *, num_chunks: int, rows_per_chunk: int, images_per_chunk: int, image_size: int):
+  """Rows (data_pipelines.rows.Row) -> host batches of the training contract, in order, nothing dropped: the
+  pipeline's own packing (chunking.pack: the row that would overflow a chunk's budget opens the next) and arrays
+  (chunking.assemble), its images through the pipeline's eval transform (augment.load); the last batch is completed
+  with empty chunks, whose all-padding rows have no targets."""
+  rows = iter(rows)
+  first = next(rows, None)
+  if first is None:
+    return
+  decoded = (dataclasses.replace(row, images=[augment.load(data, image_size, None) for data in row.images])
+             for row in itertools.chain([first], rows))
+  for chunks, _ in chunking.pack(decoded, num_chunks=num_chunks, rows_per_chunk=rows_per_chunk,
+                                 images_per_chunk=images_per_chunk):
+    yield chunking.assemble(chunks, rows_per_chunk=rows_per_chunk, images_per_chunk=images_per_chunk,
+                            seq_len=len(first.tokens), image_size=image_size)
 
 
 class Perplexity(base.Evaluator):
@@ -84,39 +60,27 @@ class Perplexity(base.Evaluator):
   def _documents(self):
     """The built documents of `split` (a tf.data.Dataset; opening it checks they exist)."""
     from data_pipelines import build  # pylint: disable=import-outside-toplevel
-    data_dir = self.spec.data_dir or self.context.config.data.data_dir
-    if data_dir == "demo":
-      from data_pipelines.demo import ensure_demo  # pylint: disable=import-outside-toplevel
-      data_dir = ensure_demo().data_dir
+    from data_pipelines import demo  # pylint: disable=import-outside-toplevel
+    data_dir = demo.resolve(self.spec.data_dir or self.context.config.data.data_dir, "data_dir")
     ds = build.load_documents(LCL_SOURCES[self.spec.dataset], data_dir, self.spec.split)
     return ds.take(self.spec.max_examples) if self.spec.max_examples else ds
 
   def rows(self):
-    from data_pipelines import rows as rows_lib  # pylint: disable=import-outside-toplevel
+    """The held-out rows, built by training's row builder for the source (row_stream.row_builder, no image cap)."""
     config, spec = self.context.config, self.spec
-    kw = dict(seq_len=spec.seq_len or config.data.seq_len, patches_per_image=patches_per_image(config.model))
-    rng, tokenizer = np.random.default_rng(spec.seed), self.context.tokenizer
+    source = LCL_SOURCES.get(spec.dataset, "laion")
+    build = row_stream.row_builder(source, self.context.tokenizer, seq_len=spec.seq_len or config.data.seq_len,
+                                   patches_per_image=batch_spec.patches_per_image(config.model.vit))
     if spec.dataset in LCL_SOURCES:
-      return list(self._document_rows(rows_lib, LCL_SOURCES[spec.dataset], rng, tokenizer, kw))
-    pairs = []
-    for batch in self.eval_set().batches(256):
-      for image, caps in zip(batch["images"], batch["captions"]):
-        pairs.append(dict(doc_id=str(len(pairs)), texts=caps[:1], images=[datasets.encode_png(image)],
-                          image_text_index=[0]))
-    return list(rows_lib.laion_rows(pairs, rng, tokenizer, **kw))
-
-  def _document_rows(self, rows_lib, source, rng, tokenizer, kw):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    docs = tfds.as_numpy(self._documents())
-    if source == "mmc4":
-      for doc in docs:
-        row = rows_lib.mmc4_row(doc, rng, tokenizer, **kw)
-        if row is not None:
-          yield row
-    elif source == "laion":
-      yield from rows_lib.laion_rows(docs, rng, tokenizer, **kw)
+      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      docs = tfds.as_numpy(self._documents())
     else:
-      yield from rows_lib.obelics_rows(docs, rng, tokenizer, **kw)
+      docs = []
+      for batch in self.eval_set().batches(256):
+        for image, caps in zip(batch["images"], batch["captions"]):
+          docs.append(dict(doc_id=str(len(docs)), texts=caps[:1], images=[datasets.encode_png(image)],
+                           image_text_index=[0]))
+    return list(build(docs, np.random.default_rng(spec.seed), {}))
 
   def _nll(self, params, batch):
     out = self.context.model.apply({"params": params}, batch, num_chunks=self.context.runner.num_shards)
@@ -135,11 +99,10 @@ class Perplexity(base.Evaluator):
     rows_per_chunk = max(1, -(-(self.spec.rows_per_batch or config.data.rows_per_batch // accum) // shards))
     images_per_chunk = max(-(-(self.spec.images_per_batch or config.data.images_per_batch // accum) // shards),
                            max(len(r.images) for r in rows))
-    size = config.model.vit.image_size
     params = runner.on_mesh(params)
     total, count = 0.0, 0.0
     for batch in pack_rows(rows, num_chunks=shards, rows_per_chunk=rows_per_chunk, images_per_chunk=images_per_chunk,
-                           decode=lambda data: datasets.decode_image(data, size), image_size=size):
+                           image_size=config.model.vit.image_size):
       out = runner.call(self._nll, params, batch)
       total += float(out["nll_sum"])
       count += float(out["count"])

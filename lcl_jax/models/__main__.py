@@ -6,7 +6,7 @@ Uses jax.eval_shape: no parameter memory is allocated.
 from absl import app
 from ml_collections import config_flags
 
-from lcl_jax.models.summary import parameter_table
+from lcl_jax.summary import parameter_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
 

@@ -5,6 +5,7 @@ import math
 import flax.linen as nn
 import jax
 
+from data_pipelines import batch_spec
 from lcl_jax import models
 
 # Top-level module -> tower, for the totals.
@@ -15,7 +16,7 @@ TOWERS = {"vit": "vision (ViT)", "pool": "attention pooling", "decoder": "decode
 
 def parameter_table(model_config):
   """[(path, shape, logical axes, count)] and {tower: count}."""
-  params = models.abstract_params(model_config)
+  params = models.abstract_params(model_config, batch_spec.smallest(model_config))
   rows, towers = [], collections.Counter()
   flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
   for path, leaf in flat:
