@@ -1,4 +1,4 @@
-"""The batch contract (method.md section 6) in one place: the shapes and dtypes of a batch, and K. numpy only.
+"""The batch contract (docs/method.md section 6) in one place: the shapes and dtypes of a batch, and K. numpy only.
 
   tokens, segment_ids, positions  int32 [B, L]          B rows of L = config.data.seq_len tokens
   images                          uint8 [N, S, S, 3]    N image slots, S = config.model.vit.image_size
