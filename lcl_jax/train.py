@@ -2,7 +2,6 @@
 step -> loop with log / checkpoint / preemption cadences inline."""
 import functools
 import os
-import queue
 import signal
 import threading
 import time
@@ -91,51 +90,17 @@ class Preemption:
     return True
 
 
-def global_batch(host_batch, mesh):
-  """This host's numpy chunks -> global jax.Arrays split over the data axes."""
-  data_sharding = sharding.data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host_batch.items()}
+def global_batch(host_batch, shardings):
+  """This host's numpy chunks -> global jax.Arrays on `shardings` (sharding.batch_shardings)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in host_batch.items()}
 
 
-def prefetch_to_device(data, mesh, size=2):
-  """Background thread: next host batch -> global arrays, `size` ahead. Yields (batch, data state, data metrics)
-  where the data state is the pipeline's state right after that batch (what a checkpoint of it must store)."""
-  q = queue.Queue(maxsize=size)
-  stop = threading.Event()
-
-  def produce():
-    try:
-      for host_batch, data_metrics in data:
-        item = (global_batch(host_batch, mesh), data.get_state(), data_metrics)
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.5)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
-          return
-      q.put(StopIteration())
-    except BaseException as e:  # surface pipeline errors in the training thread
-      q.put(e)
-
-  thread = threading.Thread(target=produce, daemon=True, name="prefetch_to_device")
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if isinstance(item, StopIteration):
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    while thread.is_alive():  # it may be blocked handing over an item or waiting for the next batch
-      try:
-        q.get(timeout=0.1)
-      except queue.Empty:
-        pass
+def device_batches(data, shardings):
+  """Yields (global batch, data state, data metrics), the data state being the pipeline's right after that batch
+  (what a checkpoint of it must store). No thread of its own: the pipeline's thread prepares host batches ahead
+  (config.data.prefetch_batches), and the copy to the devices is dispatched asynchronously from the loop."""
+  for host_batch, data_metrics in data:
+    yield global_batch(host_batch, shardings), data.get_state(), data_metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.TrainState:
@@ -215,7 +180,7 @@ def _train(config, workdir, mesh, data, preemption):
     step_fn = functools.partial(ts.train_step, model=model, tx=tx, loss_config=config.loss,
                                 special_tokens=dict(config.model.special_tokens), mesh=mesh,
                                 num_chunks=data_shards, accum_steps=accum, lr_schedule=schedule)
-    batch_sharding, scalar = sharding.data_sharding(mesh), NamedSharding(mesh, PartitionSpec())
+    batch_sharding, scalar = sharding.batch_shardings(mesh, rules), NamedSharding(mesh, PartitionSpec())
 
     def step_and_streak(state, batch, longest):
       # The longest run of skipped (non-finite) steps since the last logged step, kept on the device: the loop reads
@@ -265,7 +230,7 @@ def _train(config, workdir, mesh, data, preemption):
     data_state = data.get_state()
     last_time, last_step = time.perf_counter(), step
     longest, kept_step, checked_step = no_streak, step, step
-    batches = prefetch_to_device(data, mesh) if step < total_steps else iter(())
+    batches = device_batches(data, batch_sharding) if step < total_steps else iter(())
     finished = False
     try:
       for batch, data_state, data_metrics in batches:
@@ -316,7 +281,7 @@ def _train(config, workdir, mesh, data, preemption):
       finished = True
     finally:
       if hasattr(batches, "close"):
-        batches.close()  # its thread must stop before the data closes, or it asks the closed pipeline for more
+        batches.close()
       ckpt.close()
       _flush_metrics(writer, workdir, error_in_flight=not finished)
       if hasattr(data, "close"):

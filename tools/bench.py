@@ -153,7 +153,7 @@ def bench(config, *, steps, name, with_pipeline):
     state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=spec.shardings)()
     step = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
                    out_shardings=(spec.shardings, None))
-    batch = train.global_batch(host_batch, mesh)
+    batch = train.global_batch(host_batch, sharding.batch_shardings(mesh, sharding.rules(config)))
     seconds = _time(lambda s: step(s, batch)[0], state, steps=steps)
     parts = component_seconds(config, state, batch, shards, max(2, steps // 3))
 
@@ -190,13 +190,13 @@ def bench(config, *, steps, name, with_pipeline):
 
 
 def pipeline_seconds(config, state, step, mesh, shards, steps):
-  """Steps fed by the configured pipeline through train.prefetch_to_device."""
+  """Steps fed by the configured pipeline through train.device_batches (the pipeline's thread prefetches)."""
   import jax
   from data_pipelines import pipeline
-  from lcl_jax import train
+  from lcl_jax import sharding, train
   data = pipeline.Pipeline(config, num_chunks=shards * config.optim.grad_accum_steps,
                            process_index=jax.process_index(), process_count=jax.process_count())
-  batches = train.prefetch_to_device(data, mesh)
+  batches = train.device_batches(data, sharding.batch_shardings(mesh, sharding.rules(config)))
   batch = next(batches)[0]
   state, _ = step(state, batch)
   jax.block_until_ready(state)
