@@ -252,9 +252,9 @@ def _train(config, workdir, mesh, data, preemption):
           last_time, last_step = now, step
           mfu = lambda key: ((body_flops + lm_flops(done[1].get(key, 0.0)))
                              / (sec_per_step * mesh.size * peak))
+          # steps_per_sec (and the ETA in the log) come from clu's ReportProgress below, once.
           writer.write_scalars(done[0], dict(
-              done[1], steps_per_sec=1 / sec_per_step,
-              images_per_sec=done[1].get("num_valid_images", 0.0) / sec_per_step,
+              done[1], images_per_sec=done[1].get("num_valid_images", 0.0) / sec_per_step,
               tokens_per_sec=rows * seq_len / sec_per_step,
               mfu=mfu("lm_head_positions"), useful_mfu=mfu("num_text_targets")))
         for hook in hooks:
