@@ -10,14 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
-from clu import metric_writers, periodic_actions
+from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, init_from, metrics as metrics_lib, sharding, state as state_lib, train_step as ts, workdir_lock
+from lcl_jax.models import summary
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -159,7 +159,7 @@ def _train(config, workdir, mesh, data, preemption):
   spec = state_lib.state_spec(config, mesh)
   model, tx, schedule = spec.model, spec.tx, spec.schedule
   state_sharding, abstract_state = spec.shardings, spec.abstract
-  log_parameters(spec.boxed.params, state_sharding.params)
+  log_parameters(abstract_state.params)
 
   # ---------------------------------------------------------------- restore or init
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -328,23 +328,13 @@ def _flat_hparams(config):
   return flat
 
 
-def log_parameters(boxed_params, param_sharding):
-  """Parameter counts per tower and the sharding of each parameter group, once."""
-  if jax.process_index() != 0:
-    return
-  flat = jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
-  shardings = jax.tree.leaves(param_sharding)
-  towers, groups = {}, {}
-  for (path, leaf), sh in zip(flat, shardings):
-    keys = [getattr(k, "key", str(k)) for k in path]
-    value = nn.unbox(leaf)
-    towers[keys[0]] = towers.get(keys[0], 0) + int(np.prod(value.shape))
-    groups.setdefault((keys[0], keys[-1], str(sh.spec)), 0)
-    groups[(keys[0], keys[-1], str(sh.spec))] += 1
-  for tower, count in towers.items():
-    logging.info("params %-14s %14s", tower, f"{count:,}")
-  for (tower, leaf, spec), n in sorted(groups.items()):
-    logging.info("sharding %-12s %-12s x%-4d %s", tower, leaf, n, spec)
+def log_parameters(abstract_params):
+  """clu's parameter overview (name, shape, dtype, size, mesh axes per dimension) and the count per tower, once."""
+  parameter_overview.log_parameter_overview(abstract_params, include_stats="sharding", jax_logging_process=0,
+                                            msg="Parameters (sharding: the mesh axes of each dimension):")
+  if jax.process_index() == 0:
+    for tower, count in summary.tower_counts(abstract_params).items():
+      logging.info("params %-28s %14s", tower, f"{count:,}")
 
 
 def log_memory(compiled):
