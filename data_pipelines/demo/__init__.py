@@ -31,8 +31,6 @@ import shutil
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from data_pipelines import tokenizer as tokenizer_lib
@@ -179,17 +177,3 @@ def ensure_demo(cache_dir=None) -> DemoPaths:
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return _paths(root)
-
-
-def main(argv):
-  del argv
-  start = time.time()
-  paths = ensure_demo(flags.FLAGS.cache_dir)
-  print(json.dumps(dict(root=paths.root, manifest=paths.manifest, reports=paths.reports), indent=2, sort_keys=True))
-  print(f"ready in {time.time() - start:.1f} s")
-
-
-if __name__ == "__main__":
-  # Defined only when run as a script: importing this module must not claim flag names.
-  flags.DEFINE_string("cache_dir", None, "Parent folder of demo_v1 (default $LCL_DEMO_DIR or ~/.cache/lcl_jax).")
-  app.run(main)
