@@ -18,16 +18,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 
-
-def define_flags():
-  """Flags exist only when this module runs as the program: importing it (tests) must not claim flag names."""
-  global _CONFIG, _PRESET, _STEPS, _PIPELINE
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=False)
-  _PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
-  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
-  _PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
-
-
 def cpu_small_config():
   """Images 112 px, patch 16; ViT 384 wide, 6 layers, 6 heads; decoder 384, 6 layers, 6 heads, MLP 1536;
   L = 512; vocabulary 32000; 8 rows per step with exactly 2 images each; float32; LM head in blocks of 128."""
@@ -211,5 +201,9 @@ def pipeline_seconds(config, state, step, mesh, shards, steps):
 
 
 if __name__ == "__main__":
-  define_flags()
+  # Flags exist only when this module runs as the program: importing it (tests) must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  _PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+  _PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
   app.run(main)
