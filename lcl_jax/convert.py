@@ -38,24 +38,28 @@ def convert(config, checkpoint: str, output: str, *, vision_only: bool = False) 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
+  output = _OUTPUT.value
   try:
-    contents = convert(_CONFIG.value, f.checkpoint, f.output, vision_only=f.vision_only)
+    contents = convert(_CONFIG.value, _CHECKPOINT.value, output, vision_only=_VISION_ONLY.value)
   except (open_clip.ConversionError, torch_files.CheckpointFormatError, OSError) as e:
     print(f"lcl_jax: {e}", file=sys.stderr)
     sys.exit(2)
-  use = (f"config.init_from={f.output} or lcl_jax.evaluate --init_from={f.output}" if contents == "whole_model"
-         else f"lcl_jax.load_vision_encoder({f.output!r})")
-  print(f"Wrote {f.output} ({contents.replace('_', ' ')}): {use}.")
+  use = (f"config.init_from={output} or lcl_jax.evaluate --init_from={output}" if contents == "whole_model"
+         else f"lcl_jax.load_vision_encoder({output!r})")
+  print(f"Wrote {output} ({contents.replace('_', ' ')}): {use}.")
 
 
 if __name__ == "__main__":
-  # Defined only when run as a script: importing this module must not claim flag names.
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/lcl_vitb16_laion_openclip.py",
-                                            "The config whose model section the checkpoint matches.")
-  flags.DEFINE_enum("from", "open_clip", ["open_clip"], "The checkpoint's code base: open_clip, the authors' LCL.")
-  flags.DEFINE_string("checkpoint", None, "The checkpoint file: .pt / .pth / .bin (torch zip) or .safetensors.")
-  flags.DEFINE_string("output", None, "Folder for the lcl_jax artefact (local or gs://).")
-  flags.DEFINE_bool("vision_only", False, "Write only the vision encoder (visual.* and pool_project.*).")
+                                            "Config file, path[:arg]: the config whose model section the checkpoint "
+                                            "matches.", lock_config=True)
+  _FROM = flags.DEFINE_enum("from", "open_clip", ["open_clip"], "The checkpoint's code base: open_clip, the authors' "
+                            "LCL.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The checkpoint file: .pt / .pth / .bin (torch zip) or "
+                                    ".safetensors.")
+  _OUTPUT = flags.DEFINE_string("output", None, "Folder for the lcl_jax artefact (local or gs://).")
+  _VISION_ONLY = flags.DEFINE_bool("vision_only", False, "Write only the vision encoder (visual.* and "
+                                   "pool_project.*).")
   flags.mark_flags_as_required(["checkpoint", "output"])
   app.run(main)

@@ -74,8 +74,8 @@ def main(argv):
 
 if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  # Defined only when run as a script: importing this module must not claim flag names.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir (checkpoints/ inside); with "
                                   "--init_from, where results are written (optional).")
   _STEP = flags.DEFINE_integer("checkpoint_step", None, "Step to evaluate (default: the latest checkpoint).")

@@ -140,16 +140,11 @@ def write_artefact(output: str, model: Mapping[str, Any], params, *, step: Optio
   return output
 
 
-def read_run_config(workdir: str, override: Optional[str] = None):
-  """The run's config: from a config file spec "path[:arg]" if given, else <workdir>/config.json."""
+def read_run_config(workdir: str, config=None):
+  """The run's config: `config` if given (a ConfigDict, e.g. from --config=path[:arg]), else <workdir>/config.json."""
   import ml_collections  # pylint: disable=import-outside-toplevel
-  if override:
-    import importlib.util  # pylint: disable=import-outside-toplevel
-    path, _, arg = override.partition(":")
-    spec = importlib.util.spec_from_file_location("_lcl_export_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+  if config is not None:
+    return config
   config_path = os.path.join(workdir, CONFIG_FILE)
   try:
     with _open(config_path, "r") as f:
@@ -159,17 +154,17 @@ def read_run_config(workdir: str, override: Optional[str] = None):
 
 
 def main(argv):
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from absl import app  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  config = read_run_config(f.workdir, f.config)
-  if f.format == "open_clip":
-    path = export_open_clip(config, f.workdir, f.output, step=f.checkpoint_step)
+  workdir, output, step, whole_model = _WORKDIR.value, _OUTPUT.value, _STEP.value, _WHOLE_MODEL.value
+  config = read_run_config(workdir, _CONFIG.value)
+  if _FORMAT.value == "open_clip":
+    path = export_open_clip(config, workdir, output, step=step)
     print(f"Exported the authors' open_clip tensors to {path}: {', '.join(sorted(os.listdir(path)))}")
     return
-  export(config, f.workdir, f.output, step=f.checkpoint_step, whole_model=f.whole_model)
-  print(f"Exported {'the whole model' if f.whole_model else 'the vision encoder'} to {f.output}")
+  export(config, workdir, output, step=step, whole_model=whole_model)
+  print(f"Exported {'the whole model' if whole_model else 'the vision encoder'} to {output}")
 
 
 OPEN_CLIP_NAME = "LCL_lcl_jax"  # their factory picks its LCL class for a name containing "lcl"
@@ -204,13 +199,17 @@ def export_open_clip(config, workdir: str, output: str, *, step: Optional[int] =
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=import-outside-toplevel
-  # Defined only when run as a script: importing this module (the loader) must not claim flag names.
-  flags.DEFINE_string("workdir", None, "The training run's workdir (checkpoints/ inside).")
-  flags.DEFINE_string("output", None, "Folder to write (local or gs://).")
-  flags.DEFINE_integer("checkpoint_step", None, "Step to export (default: the latest checkpoint).")
-  flags.DEFINE_bool("whole_model", False, "Export every parameter of the LCL model, not only the vision encoder.")
-  flags.DEFINE_enum("format", "lcl_jax", ["lcl_jax", "open_clip"], "lcl_jax: the artefact load_vision_encoder "
-                    "reads; open_clip: also the authors' open_clip tensors (the whole model in their layout, else the vision half).")
-  flags.DEFINE_string("config", None, "Config file path[:arg]; default <workdir>/config.json.")
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  # Flags exist only when this module runs as the program: importing it (the loader) must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg]; default <workdir>/config.json.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir (checkpoints/ inside).")
+  _OUTPUT = flags.DEFINE_string("output", None, "Folder to write (local or gs://).")
+  _STEP = flags.DEFINE_integer("checkpoint_step", None, "Step to export (default: the latest checkpoint).")
+  _WHOLE_MODEL = flags.DEFINE_bool("whole_model", False,
+                                   "Export every parameter of the LCL model, not only the vision encoder.")
+  _FORMAT = flags.DEFINE_enum("format", "lcl_jax", ["lcl_jax", "open_clip"], "lcl_jax: the artefact "
+                              "load_vision_encoder reads; open_clip: also the authors' open_clip tensors (the whole "
+                              "model in their layout, else the vision half).")
   flags.mark_flags_as_required(["workdir", "output"])
   app.run(main)

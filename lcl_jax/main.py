@@ -8,16 +8,6 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs (local or gs://).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
-                                   "auto-detection; TPU VMs and SLURM are detected from the environment).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat after which the other "
-                                  "processes give a lost host up and exit (jax.distributed; multi-host only).")
-flags.mark_flags_as_required(["config", "workdir"])
-
 
 def _multi_host_environment() -> bool:
   """True where jax.distributed.initialize() can configure itself: multi-host TPU VMs, SLURM jobs of >1 task."""
@@ -153,6 +143,16 @@ def unknown_override(argv) -> str | None:
 
 if __name__ == "__main__":
   import sys
+  # Flags exist only when this module runs as the program: importing it (tests) must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs (local or gs://).")
+  _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
+                                     "auto-detection; TPU VMs and SLURM are detected from the environment).")
+  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+  _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat after which the other "
+                                    "processes give a lost host up and exit (jax.distributed; multi-host only).")
+  flags.mark_flags_as_required(["config", "workdir"])
   try:
     app.run(main)
   except (AttributeError, KeyError):

@@ -63,6 +63,27 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axes.DATA_AXES))
 
 
+# The batch contract's arrays by their logical axes: rows of tokens, image slots; nothing else is split.
+BATCH_AXES = dict(tokens=(axes.ACT_BATCH, axes.ACT_SEQ), segment_ids=(axes.ACT_BATCH, axes.ACT_SEQ),
+                  positions=(axes.ACT_BATCH, axes.ACT_SEQ), images=(axes.ACT_IMAGES, None, None, None),
+                  image_valid=(axes.ACT_IMAGES,))
+
+
+def batch_shardings(mesh: Mesh, logical_rules) -> dict[str, NamedSharding]:
+  """{batch key: NamedSharding} from the config's logical rules (act_batch, act_images, ...), the one place the
+  training batch's shardings come from. The pipeline lays a batch out as C = data x fsdp chunks in device order
+  and the contrastive loss gathers over those axes, so rows and image slots must map to exactly them."""
+  shardings = nn.logical_to_mesh_sharding({k: P(*names) for k, names in BATCH_AXES.items()}, mesh, logical_rules)
+  for key, s in shardings.items():
+    lead = s.spec[0] if len(s.spec) else None
+    lead = (lead,) if isinstance(lead, str) else tuple(lead or ())
+    if lead != axes.DATA_AXES or any(a is not None for a in s.spec[1:]):
+      raise ConfigError(f"config.sharding.rules put the batch's {key} on {s.spec}: rows and image slots "
+                        f"({axes.ACT_BATCH}, {axes.ACT_IMAGES}) must map to {axes.DATA_AXES}, the data shards the "
+                        "pipeline's chunks are laid out for, and nothing else of the batch may be split.")
+  return shardings
+
+
 def all_hosts_ok(ok: bool) -> bool:
   """True if every process says ok: one collective of the same shape on every host (none on one host)."""
   if jax.process_count() == 1:

@@ -1,12 +1,11 @@
-"""Parameter table of a model config: path, shape, logical axes, count, and totals per tower (no memory used)."""
-import collections
-import math
-
+"""A model config's parameters through clu's parameter overview (name, shape, dtype, size, and with a mesh the mesh
+axes of each dimension), and totals per tower (no memory used)."""
 import flax.linen as nn
 import jax
+from clu import parameter_overview
 
 from data_pipelines import batch_spec
-from lcl_jax import models
+from lcl_jax import models, sharding
 
 # Top-level module -> tower, for the totals.
 TOWERS = {"vit": "vision (ViT)", "pool": "attention pooling", "decoder": "decoder",
@@ -14,16 +13,22 @@ TOWERS = {"vit": "vision (ViT)", "pool": "attention pooling", "decoder": "decode
           "context_proj": "context head", "logit_scale": "logit scale"}
 
 
-def parameter_table(model_config):
-  """[(path, shape, logical axes, count)] and {tower: count}."""
-  params = models.abstract_params(model_config, batch_spec.smallest(model_config))
-  rows, towers = [], collections.Counter()
-  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
-  for path, leaf in flat:
-    names = leaf.names if isinstance(leaf, nn.Partitioned) else None
-    value = nn.unbox(leaf)
-    keys = [getattr(k, "key", str(k)) for k in path]
-    count = math.prod(value.shape)
-    rows.append(("/".join(keys), tuple(value.shape), names, count))
-    towers[TOWERS.get(keys[0], keys[0])] += count
-  return rows, dict(towers)
+def tower_counts(params) -> dict:
+  """{tower: parameter count} of a (plain or abstract) parameter tree, counted by clu."""
+  towers = {}
+  for key, value in params.items():
+    tower = TOWERS.get(key, key)
+    towers[tower] = towers.get(tower, 0) + int(parameter_overview.count_parameters({key: value}))
+  return towers
+
+
+def parameter_table(model_config, mesh=None, logical_rules=()) -> tuple[str, dict]:
+  """(clu's overview table, {tower: count}). With a mesh, each parameter carries its sharding under the logical
+  rules and the table shows its mesh axes per dimension."""
+  boxed = models.abstract_params(model_config, batch_spec.smallest(model_config))
+  params = nn.unbox(boxed)
+  if mesh is not None:
+    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), params,
+                          sharding.logical_shardings(boxed, mesh, logical_rules))
+  table = parameter_overview.get_parameter_overview(params, include_stats="sharding" if mesh is not None else False)
+  return table, tower_counts(params)

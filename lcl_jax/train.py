@@ -2,7 +2,6 @@
 step -> loop with log / checkpoint / preemption cadences inline."""
 import functools
 import os
-import queue
 import signal
 import threading
 import time
@@ -11,14 +10,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
-from clu import metric_writers, periodic_actions
+from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, init_from, metrics as metrics_lib, sharding, state as state_lib, train_step as ts, workdir_lock
+from lcl_jax import checkpoint, config_checks, evaluators as evaluators_lib, init_from, metrics as metrics_lib, sharding, state as state_lib, summary, train_step as ts, workdir_lock
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -91,51 +89,17 @@ class Preemption:
     return True
 
 
-def global_batch(host_batch, mesh):
-  """This host's numpy chunks -> global jax.Arrays split over the data axes."""
-  data_sharding = sharding.data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host_batch.items()}
+def global_batch(host_batch, shardings):
+  """This host's numpy chunks -> global jax.Arrays on `shardings` (sharding.batch_shardings)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in host_batch.items()}
 
 
-def prefetch_to_device(data, mesh, size=2):
-  """Background thread: next host batch -> global arrays, `size` ahead. Yields (batch, data state, data metrics)
-  where the data state is the pipeline's state right after that batch (what a checkpoint of it must store)."""
-  q = queue.Queue(maxsize=size)
-  stop = threading.Event()
-
-  def produce():
-    try:
-      for host_batch, data_metrics in data:
-        item = (global_batch(host_batch, mesh), data.get_state(), data_metrics)
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.5)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
-          return
-      q.put(StopIteration())
-    except BaseException as e:  # surface pipeline errors in the training thread
-      q.put(e)
-
-  thread = threading.Thread(target=produce, daemon=True, name="prefetch_to_device")
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if isinstance(item, StopIteration):
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    while thread.is_alive():  # it may be blocked handing over an item or waiting for the next batch
-      try:
-        q.get(timeout=0.1)
-      except queue.Empty:
-        pass
+def device_batches(data, shardings):
+  """Yields (global batch, data state, data metrics), the data state being the pipeline's right after that batch
+  (what a checkpoint of it must store). No thread of its own: the pipeline's thread prepares host batches ahead
+  (config.data.prefetch_batches), and the copy to the devices is dispatched asynchronously from the loop."""
+  for host_batch, data_metrics in data:
+    yield global_batch(host_batch, shardings), data.get_state(), data_metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> ts.TrainState:
@@ -194,7 +158,7 @@ def _train(config, workdir, mesh, data, preemption):
   spec = state_lib.state_spec(config, mesh)
   model, tx, schedule = spec.model, spec.tx, spec.schedule
   state_sharding, abstract_state = spec.shardings, spec.abstract
-  log_parameters(spec.boxed.params, state_sharding.params)
+  log_parameters(abstract_state.params)
 
   # ---------------------------------------------------------------- restore or init
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -215,7 +179,7 @@ def _train(config, workdir, mesh, data, preemption):
     step_fn = functools.partial(ts.train_step, model=model, tx=tx, loss_config=config.loss,
                                 special_tokens=dict(config.model.special_tokens), mesh=mesh,
                                 num_chunks=data_shards, accum_steps=accum, lr_schedule=schedule)
-    batch_sharding, scalar = sharding.data_sharding(mesh), NamedSharding(mesh, PartitionSpec())
+    batch_sharding, scalar = sharding.batch_shardings(mesh, rules), NamedSharding(mesh, PartitionSpec())
 
     def step_and_streak(state, batch, longest):
       # The longest run of skipped (non-finite) steps since the last logged step, kept on the device: the loop reads
@@ -265,7 +229,7 @@ def _train(config, workdir, mesh, data, preemption):
     data_state = data.get_state()
     last_time, last_step = time.perf_counter(), step
     longest, kept_step, checked_step = no_streak, step, step
-    batches = prefetch_to_device(data, mesh) if step < total_steps else iter(())
+    batches = device_batches(data, batch_sharding) if step < total_steps else iter(())
     finished = False
     try:
       for batch, data_state, data_metrics in batches:
@@ -287,9 +251,9 @@ def _train(config, workdir, mesh, data, preemption):
           last_time, last_step = now, step
           mfu = lambda key: ((body_flops + lm_flops(done[1].get(key, 0.0)))
                              / (sec_per_step * mesh.size * peak))
+          # steps_per_sec (and the ETA in the log) come from clu's ReportProgress below, once.
           writer.write_scalars(done[0], dict(
-              done[1], steps_per_sec=1 / sec_per_step,
-              images_per_sec=done[1].get("num_valid_images", 0.0) / sec_per_step,
+              done[1], images_per_sec=done[1].get("num_valid_images", 0.0) / sec_per_step,
               tokens_per_sec=rows * seq_len / sec_per_step,
               mfu=mfu("lm_head_positions"), useful_mfu=mfu("num_text_targets")))
         for hook in hooks:
@@ -316,7 +280,7 @@ def _train(config, workdir, mesh, data, preemption):
       finished = True
     finally:
       if hasattr(batches, "close"):
-        batches.close()  # its thread must stop before the data closes, or it asks the closed pipeline for more
+        batches.close()
       ckpt.close()
       _flush_metrics(writer, workdir, error_in_flight=not finished)
       if hasattr(data, "close"):
@@ -363,23 +327,13 @@ def _flat_hparams(config):
   return flat
 
 
-def log_parameters(boxed_params, param_sharding):
-  """Parameter counts per tower and the sharding of each parameter group, once."""
-  if jax.process_index() != 0:
-    return
-  flat = jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
-  shardings = jax.tree.leaves(param_sharding)
-  towers, groups = {}, {}
-  for (path, leaf), sh in zip(flat, shardings):
-    keys = [getattr(k, "key", str(k)) for k in path]
-    value = nn.unbox(leaf)
-    towers[keys[0]] = towers.get(keys[0], 0) + int(np.prod(value.shape))
-    groups.setdefault((keys[0], keys[-1], str(sh.spec)), 0)
-    groups[(keys[0], keys[-1], str(sh.spec))] += 1
-  for tower, count in towers.items():
-    logging.info("params %-14s %14s", tower, f"{count:,}")
-  for (tower, leaf, spec), n in sorted(groups.items()):
-    logging.info("sharding %-12s %-12s x%-4d %s", tower, leaf, n, spec)
+def log_parameters(abstract_params):
+  """clu's parameter overview (name, shape, dtype, size, mesh axes per dimension) and the count per tower, once."""
+  parameter_overview.log_parameter_overview(abstract_params, include_stats="sharding", jax_logging_process=0,
+                                            msg="Parameters (sharding: the mesh axes of each dimension):")
+  if jax.process_index() == 0:
+    for tower, count in summary.tower_counts(abstract_params).items():
+      logging.info("params %-28s %14s", tower, f"{count:,}")
 
 
 def log_memory(compiled):

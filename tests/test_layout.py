@@ -2,7 +2,7 @@
   lcl_jax/models     no data_pipelines, optax, orbax or tensorflow (a model knows nothing of data or training)
   data_pipelines     no configs, no jax, no lcl_jax (data knows nothing of configs or the model)
   the library        (lcl_jax, data_pipelines, configs) never imports tools/ or tests/
-and no import cycle among the project's modules."""
+and no import cycle among the project's modules; every python -m command defines its flags only when run."""
 import ast
 import os
 
@@ -100,3 +100,39 @@ def test_no_import_cycle():
     if v not in index:
       visit(v)
   assert not cycles, cycles
+
+
+def _is_main_block(node):
+  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
+          and node.test.left.id == "__name__")
+
+
+def _flag_calls(tree):
+  """(line, name) of every flags.DEFINE_* / config_flags.DEFINE_* / mark_flags_as_required call under `tree`."""
+  return [(n.lineno, n.func.attr) for n in ast.walk(tree) if isinstance(n, ast.Call)
+          and isinstance(n.func, ast.Attribute) and (n.func.attr.startswith("DEFINE")
+                                                      or n.func.attr == "mark_flags_as_required")]
+
+
+ENTRY_POINTS = sorted(name for name, path in MODULES.items()
+                      if any(_is_main_block(n) for n in ast.parse(open(path).read(), path).body))
+
+
+def test_entry_points_define_their_flags_only_when_run():
+  """Every python -m command defines its absl flags under `if __name__ == "__main__":` (importing it claims no flag
+  name), or in a `_define_flags(flag_values)` its tests call with their own FlagValues; --config is ml_collections'
+  config file flag, locked."""
+  assert {"lcl_jax.main", "lcl_jax.export", "data_pipelines.demo.__main__", "tools.bench"} <= set(ENTRY_POINTS)
+  for name in ENTRY_POINTS:
+    tree = ast.parse(open(MODULES[name]).read(), MODULES[name])
+    outside = [call for node in tree.body if not _is_main_block(node)
+               and not (isinstance(node, ast.FunctionDef) and node.name == "_define_flags"
+                        and [a.arg for a in node.args.args] == ["flag_values"])
+               for call in _flag_calls(node)]
+    assert not outside, f"{name} defines flags outside its __main__ block: {outside}"
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+      if call.func.attr == "DEFINE_string" and call.args and getattr(call.args[0], "value", None) == "config":
+        raise AssertionError(f"{name}: --config as a string flag; use config_flags.DEFINE_config_file")
+      if call.func.attr == "DEFINE_config_file":
+        lock = {k.arg: getattr(k.value, "value", None) for k in call.keywords}.get("lock_config")
+        assert lock is True, f"{name}: DEFINE_config_file without lock_config=True"

@@ -71,15 +71,15 @@ def host_reads_per_step():
   """
   reads, step = collections.Counter(), [0]
   loop_thread = threading.current_thread()
-  value, prefetch = jax_array.ArrayImpl._value, train.prefetch_to_device
+  value, device_batches = jax_array.ArrayImpl._value, train.device_batches
 
   def counted(self):
-    if threading.current_thread() is loop_thread:  # orbax's and the prefetch threads do not hold the loop up
+    if threading.current_thread() is loop_thread:  # orbax's and the pipeline's threads do not hold the loop up
       reads[step[0]] += 1
     return value.fget(self)
 
   def numbered(*args, **kwargs):
-    batches = prefetch(*args, **kwargs)
+    batches = device_batches(*args, **kwargs)
     try:
       for item in batches:
         step[0] += 1  # the loop's body for this batch runs until the next one is asked for
@@ -89,7 +89,7 @@ def host_reads_per_step():
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(jax_array.ArrayImpl, "_value", property(counted))
-    patch.setattr(train, "prefetch_to_device", numbered)
+    patch.setattr(train, "device_batches", numbered)
     yield reads
 
 

@@ -192,6 +192,45 @@ def test_learning_rate_and_logit_scale_through_the_step():
                                       float(schedule(2))], rtol=1e-6)
 
 
+def test_logged_learning_rate_is_the_one_applied_on_the_step_after_a_skipped_step():
+  """After a skipped (non-finite) step the train state's step and the optimizer's count differ; the next step logs
+  the learning rate its update applied, measured by running that same step with AdamW at a rate of 1 (the same
+  gradients and moments: the update's direction) and dividing the two parameter changes."""
+  config, _, _, state, batch, step = setup()
+  config.optim.update(peak_lr=1.0, warmup_steps=10, total_steps=100)
+  c = config.optim
+  schedule = optim.learning_rate_schedule(c)
+  tx = optim.make_optimizer(c)
+  state = state.replace(opt_state=tx.init(state.params))
+  scheduled = jax.jit(functools.partial(step, tx=tx, lr_schedule=schedule))
+  bad = dict(batch, tokens=batch["tokens"].copy())
+  bad["tokens"][0, 3] = config.model.decoder.vocab_size + 5   # NaN embedding: the step is skipped
+  for b in (batch, bad):
+    state, metrics = scheduled(state, b)
+  assert float(metrics["step_skipped"]) == 1.0
+  assert int(state.step) == 2 and int(optim.schedule_count(state.opt_state)) == 1
+  after, metrics = scheduled(state, batch)
+  assert float(metrics["step_skipped"]) == 0.0
+
+  unit_tx = optax.chain(optax.identity(), optax.adamw(1.0, b1=c.b1, b2=c.b2, eps=c.eps,
+                                                      weight_decay=c.weight_decay, mask=optim.decay_mask))
+  is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  unit_opt_state = jax.tree.map(lambda s: optax.EmptyState() if is_schedule(s) else s, state.opt_state,
+                                is_leaf=is_schedule)
+  assert jax.tree.structure(unit_opt_state) == jax.tree.structure(unit_tx.init(state.params))
+  unit, _ = jax.jit(functools.partial(step, tx=unit_tx))(state.replace(opt_state=unit_opt_state), batch)
+
+  def change(new):  # every parameter but the logit scale, which the step clamps after the update
+    return np.concatenate([np.ravel(np.asarray(a, np.float64) - np.asarray(b, np.float64)) for a, b in zip(
+        jax.tree.leaves(dict(new.params, logit_scale=0.0)), jax.tree.leaves(dict(state.params, logit_scale=0.0)))])
+  applied_update, unit_update = change(after), change(unit)
+  applied = float(applied_update @ unit_update / (unit_update @ unit_update))
+  np.testing.assert_allclose(applied_update, applied * unit_update, atol=1e-6)  # one rate for every parameter
+  assert applied == pytest.approx(float(metrics["learning_rate"]), rel=1e-5)
+  assert applied == pytest.approx(float(schedule(1)), rel=1e-5)       # the optimizer's count, 1
+  assert float(schedule(int(state.step))) == pytest.approx(2 * applied)  # not the batches' count, 2
+
+
 def test_target_only_lm_head_gives_the_dense_loss_and_gradients():
   """The step's loss (LM head on target positions only) equals the loss from the model's full [B, L, V] logits,
   and so do the gradients, through the whole model."""

@@ -476,7 +476,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Defined only when run as a program: importing this module (tests) must not claim flag names.
+  # Flags exist only when this module runs as the program: importing it (tests) must not claim flag names.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs, results.json, results.md and ablation.png go.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (0, 1, ...); --quick uses one.")
   _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: configs/ablation_digits.py's).")

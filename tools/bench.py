@@ -18,16 +18,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 
-
-def define_flags():
-  """Flags exist only when this module runs as the program: importing it (tests) must not claim flag names."""
-  global _CONFIG, _PRESET, _STEPS, _PIPELINE
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=False)
-  _PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
-  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
-  _PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
-
-
 def cpu_small_config():
   """Images 112 px, patch 16; ViT 384 wide, 6 layers, 6 heads; decoder 384, 6 layers, 6 heads, MLP 1536;
   L = 512; vocabulary 32000; 8 rows per step with exactly 2 images each; float32; LM head in blocks of 128."""
@@ -157,7 +147,7 @@ def bench(config, *, steps, name, with_pipeline):
     state = jax.jit(lambda: nn.unbox(spec.init_fn()), out_shardings=spec.shardings)()
     step = jax.jit(step_fn, in_shardings=(spec.shardings, sharding.data_sharding(mesh)),
                    out_shardings=(spec.shardings, None))
-    batch = train.global_batch(host_batch, mesh)
+    batch = train.global_batch(host_batch, sharding.batch_shardings(mesh, sharding.rules(config)))
     seconds = _time(lambda s: step(s, batch)[0], state, steps=steps)
     parts = component_seconds(config, state, batch, shards, max(2, steps // 3))
 
@@ -194,13 +184,13 @@ def bench(config, *, steps, name, with_pipeline):
 
 
 def pipeline_seconds(config, state, step, mesh, shards, steps):
-  """Steps fed by the configured pipeline through train.prefetch_to_device."""
+  """Steps fed by the configured pipeline through train.device_batches (the pipeline's thread prefetches)."""
   import jax
   from data_pipelines import pipeline
-  from lcl_jax import train
+  from lcl_jax import sharding, train
   data = pipeline.Pipeline(config, num_chunks=shards * config.optim.grad_accum_steps,
                            process_index=jax.process_index(), process_count=jax.process_count())
-  batches = train.prefetch_to_device(data, mesh)
+  batches = train.device_batches(data, sharding.batch_shardings(mesh, sharding.rules(config)))
   batch = next(batches)[0]
   state, _ = step(state, batch)
   jax.block_until_ready(state)
@@ -215,5 +205,9 @@ def pipeline_seconds(config, state, step, mesh, shards, steps):
 
 
 if __name__ == "__main__":
-  define_flags()
+  # Flags exist only when this module runs as the program: importing it (tests) must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  _PRESET = flags.DEFINE_enum("preset", None, ["cpu-small"], "A fixed benchmark shape instead of --config.")
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+  _PIPELINE = flags.DEFINE_boolean("pipeline", True, "Also time steps fed by the configured data pipeline.")
   app.run(main)

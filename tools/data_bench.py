@@ -112,26 +112,23 @@ def _cpu_seconds() -> float:
   return t.user + t.system
 
 
-def _define_flags():
-  """CLI flags, defined only when run as a script: importing this module must not claim flag names."""
-  config_flags.DEFINE_config_file("config", None, "Config file (CONFIG[:ARG]).", lock_config=True)
-  flags.DEFINE_float("seconds", 30.0, "How long to measure, after the warm-up.")
-  flags.DEFINE_integer("warmup_batches", 2, "Batches read before measuring.")
-  flags.DEFINE_integer("num_chunks", 1, "Chunks per batch (data shards x micro-batches).")
-  flags.DEFINE_integer("jpeg_side", 0, "If > 0, also time the train transform alone on JPEGs of this longer side "
-                       "(4:3), one thread per core.")
-  flags.mark_flags_as_required(["config"])
-
-
 def main(argv):
   del argv
-  f = flags.FLAGS
-  result = bench_pipeline(f.config, seconds=f.seconds, warmup_batches=f.warmup_batches, num_chunks=f.num_chunks)
-  if f.jpeg_side:
-    result["transform_only"] = bench_transform(f.config.model.vit.image_size, f.jpeg_side)
+  config = _CONFIG.value
+  result = bench_pipeline(config, seconds=_SECONDS.value, warmup_batches=_WARMUP_BATCHES.value,
+                          num_chunks=_NUM_CHUNKS.value)
+  if _JPEG_SIDE.value:
+    result["transform_only"] = bench_transform(config.model.vit.image_size, _JPEG_SIDE.value)
   print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-  _define_flags()
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  _SECONDS = flags.DEFINE_float("seconds", 30.0, "How long to measure, after the warm-up.")
+  _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 2, "Batches read before measuring.")
+  _NUM_CHUNKS = flags.DEFINE_integer("num_chunks", 1, "Chunks per batch (data shards x micro-batches).")
+  _JPEG_SIDE = flags.DEFINE_integer("jpeg_side", 0, "If > 0, also time the train transform alone on JPEGs of this "
+                                    "longer side (4:3), one thread per core.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

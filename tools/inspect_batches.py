@@ -128,21 +128,16 @@ def run(config, *, num_batches: int, num_chunks: int = 1, output: str = "") -> d
   return means
 
 
-def _define_flags():
-  """CLI flags, defined only when run as a script: importing this module must not claim flag names."""
-  config_flags.DEFINE_config_file("config", None, "Config file (CONFIG[:ARG]).", lock_config=True)
-  flags.DEFINE_integer("num_batches", 4, "Batches to read.")
-  flags.DEFINE_integer("num_chunks", 1, "Chunks per batch (data shards x micro-batches).")
-  flags.DEFINE_string("output", "packed_row.png", "PNG of one packed row ('' for none).")
-  flags.mark_flags_as_required(["config"])
-
-
 def main(argv):
   del argv
-  f = flags.FLAGS
-  run(f.config, num_batches=f.num_batches, num_chunks=f.num_chunks, output=f.output)
+  run(_CONFIG.value, num_batches=_NUM_BATCHES.value, num_chunks=_NUM_CHUNKS.value, output=_OUTPUT.value)
 
 
 if __name__ == "__main__":
-  _define_flags()
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  _NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Batches to read.")
+  _NUM_CHUNKS = flags.DEFINE_integer("num_chunks", 1, "Chunks per batch (data shards x micro-batches).")
+  _OUTPUT = flags.DEFINE_string("output", "packed_row.png", "PNG of one packed row ('' for none).")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -36,21 +36,6 @@ from lcl_jax import axes
 from tools import hlo_collectives
 
 
-def define_flags():
-  """Flags exist only when this module runs as the program: importing it (tests) must not claim flag names."""
-  global _CONFIG, _MESH, _DEVICE, _MFU, _ROWS, _IMAGES, _FIT
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:runlocal].", lock_config=True)
-  _MESH = flags.DEFINE_string("mesh", "data:8", "Mesh as axis:size pairs, e.g. data:64,fsdp:4 (axes data, fsdp, "
-                              "tensor).")
-  _DEVICE = flags.DEFINE_string("device_kind", "tpu_v5p", "Target device: tpu_v6e, tpu_v5p, tpu_v5e, tpu_v4, b200, "
-                                "h200, h100, a100.")
-  _MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the time prediction.")
-  _ROWS = flags.DEFINE_integer("rows_per_device", None, "Override: rows per data shard (default: the config's).")
-  _IMAGES = flags.DEFINE_integer("images_per_device", None, "Override: image slots per data shard.")
-  _FIT = flags.DEFINE_boolean("fit", False, "Search the largest per-device batch that fits the device memory.")
-  flags.mark_flags_as_required(["config"])
-
-
 def parse_mesh(text: str) -> dict:
   mesh = {}
   for part in text.split(","):
@@ -276,5 +261,15 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
+  # Flags exist only when this module runs as the program: importing it (tests) must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  _MESH = flags.DEFINE_string("mesh", "data:8", "Mesh as axis:size pairs, e.g. data:64,fsdp:4 (axes data, fsdp, "
+                              "tensor).")
+  _DEVICE = flags.DEFINE_string("device_kind", "tpu_v5p", "Target device: tpu_v6e, tpu_v5p, tpu_v5e, tpu_v4, b200, "
+                                "h200, h100, a100.")
+  _MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the time prediction.")
+  _ROWS = flags.DEFINE_integer("rows_per_device", None, "Override: rows per data shard (default: the config's).")
+  _IMAGES = flags.DEFINE_integer("images_per_device", None, "Override: image slots per data shard.")
+  _FIT = flags.DEFINE_boolean("fit", False, "Search the largest per-device batch that fits the device memory.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -31,8 +31,6 @@ import shutil
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from data_pipelines import tokenizer as tokenizer_lib
@@ -192,17 +190,3 @@ def resolve(path: str, kind: str) -> str:
   if kind not in _KINDS:
     raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
   return getattr(ensure_demo(), _KINDS[kind]) if path == DEMO else path
-
-
-def main(argv):
-  del argv
-  start = time.time()
-  paths = ensure_demo(flags.FLAGS.cache_dir)
-  print(json.dumps(dict(root=paths.root, manifest=paths.manifest, reports=paths.reports), indent=2, sort_keys=True))
-  print(f"ready in {time.time() - start:.1f} s")
-
-
-if __name__ == "__main__":
-  # Defined only when run as a script: importing this module must not claim flag names.
-  flags.DEFINE_string("cache_dir", None, "Parent folder of demo_v1 (default $LCL_DEMO_DIR or ~/.cache/lcl_jax).")
-  app.run(main)

@@ -1,23 +1,23 @@
-"""Prints every parameter of a config's model: path, shape, logical axes, count, and totals per tower.
+"""Prints clu's parameter overview of a config's model (name, shape, dtype, size, and the mesh axes of each dimension
+under the config's sharding rules) and the totals per tower.
 
   python -m lcl_jax.models --config=configs/vitl14_laion_mmc4.py
 Uses jax.eval_shape: no parameter memory is allocated.
 """
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
-
-from lcl_jax.summary import parameter_table
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from lcl_jax import sharding  # pylint: disable=import-outside-toplevel
+  from lcl_jax.summary import parameter_table  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
-  rows, towers = parameter_table(config.model)
-  width = max(len(r[0]) for r in rows)
-  for path, shape, names, count in rows:
-    print(f"{path:<{width}}  {str(shape):<22} {str(names):<36} {count:>12,}")
+  # The mesh's shape does not change the axes a dimension maps to: the local devices do.
+  mesh = sharding.make_mesh({a: -1 if a == "data" else 1 for a in config.sharding.mesh})
+  table, towers = parameter_table(config.model, mesh, sharding.rules(config))
+  print(table)
   print()
   for tower, count in towers.items():
     print(f"{tower:<32} {count:>14,}  ({count / 1e6:.2f}M)")
@@ -28,4 +28,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+  flags.mark_flags_as_required(["config"])
   app.run(main)
