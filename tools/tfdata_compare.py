@@ -26,8 +26,6 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-_IMAGES = flags.DEFINE_integer("images", 300, "demo images per timed run")
-_PAIRS = flags.DEFINE_integer("pairs", 3, "A/B pairs per transform measurement")
 
 
 def _tf():
@@ -237,4 +235,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags exist only when this module runs as the program: importing it must not claim flag names.
+  _IMAGES = flags.DEFINE_integer("images", 300, "demo images per timed run")
+  _PAIRS = flags.DEFINE_integer("pairs", 3, "A/B pairs per transform measurement")
   app.run(main)
