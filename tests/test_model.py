@@ -85,13 +85,18 @@ def test_boi_index_finds_each_span_and_marks_padded_slots(model_and_params):
       assert int(pos[c, j]) == (row - 2 * c) * length + start
 
 
+def _first_span(seed):
+  """A tiny batch and its first image that has a span: (batch, slot, row, start of the span's <boi>)."""
+  batch, owner = tiny_batch(seed=seed)
+  i = next(i for i, o in enumerate(owner) if o is not None)
+  return (batch, i, *owner[i])
+
+
 def test_context_vector_is_causal(model_and_params):
   """t at an image's <boi> ignores everything from that <boi> on, including the image itself."""
   model, params = model_and_params
-  batch, owner = tiny_batch(seed=3)
+  batch, i, row, start = _first_span(seed=3)
   base = run(model, params, batch)
-  i = next(i for i, o in enumerate(owner) if o is not None)
-  row, start = owner[i]
   changed = {k: v.copy() for k, v in batch.items()}
   text_after = changed["tokens"][row, start + K + 2:] >= synthetic.FIRST_TEXT
   changed["tokens"][row, start + K + 2:][text_after] = synthetic.FIRST_TEXT + 7
@@ -250,10 +255,8 @@ def test_parameter_counts_of_the_paper_configs():
 def test_context_vectors_equal_t_of_the_full_model(model_and_params):
   """The text-encoder entry point gives the same t as the full forward pass for the same prefix."""
   model, params = model_and_params
-  batch, owner = tiny_batch(seed=7)
+  batch, i, row, start = _first_span(seed=7)
   out = run(model, params, batch)
-  i = next(i for i, o in enumerate(owner) if o is not None)
-  row, start = owner[i]
   tokens = np.where(np.arange(batch["tokens"].shape[1]) <= start, batch["tokens"][row], 0)[None]
   segs = np.where(np.arange(tokens.shape[1]) <= start, batch["segment_ids"][row], 0)[None]
   t = jax.jit(lambda p: model.apply({"params": p}, tokens, segs, batch["positions"][row][None],

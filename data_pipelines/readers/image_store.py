@@ -14,7 +14,7 @@ import threading
 import tensorflow as tf
 
 from data_pipelines.bad_input import safe_join, safe_relpath
-from data_pipelines.images import IMAGE_TOO_LARGE
+from data_pipelines.images import IMAGE_TOO_LARGE, validate_image
 
 UNSAFE_PATH = "unsafe_path"
 MISSING_IMAGE = "missing_image"
@@ -98,3 +98,9 @@ def open_image_store(images: str) -> ImageFolder | ImageTars:
   if tars:
     return ImageTars(tars)
   return ImageFolder(images)
+
+
+def read_valid(store, name, image_options) -> tuple[bytes | None, str | None]:
+  """store.read, then images.validate_image: (the image as stored, None) or (None, the first reason it fails)."""
+  data, reason = store.read(name)
+  return (None, reason) if reason is not None else validate_image(data, **(image_options or {}))

@@ -17,11 +17,10 @@ no_usable_image [document] when nothing is left. doc_id is "<shard file>:<line n
 from typing import Callable, Iterator
 
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE
-from data_pipelines.images import validate_image
 from data_pipelines.readers import jsonl
 from data_pipelines.readers import listing
 from data_pipelines.readers import schema
-from data_pipelines.readers.image_store import open_image_store
+from data_pipelines.readers.image_store import open_image_store, read_valid
 from data_pipelines.readers.parallel import documents
 
 SOURCE = "mmc4"
@@ -98,9 +97,7 @@ def read(input_dir: str, counter: BadInputCounter, *, images_dir: str | None = N
       if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(texts):
         counter.skip("bad_text_index", where, unit=IMAGE)
         continue
-      data, reason = store.read(name)
-      if reason is None:
-        data, reason = validate_image(data, **image_options)
+      data, reason = read_valid(store, name, image_options)
       if reason is not None:
         counter.skip(reason, where, unit=IMAGE)
         continue

@@ -31,11 +31,10 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from data_pipelines.bad_input import BadInputCounter, DOCUMENT, IMAGE, MEMBER
-from data_pipelines.images import validate_image
 from data_pipelines.readers import jsonl
 from data_pipelines.readers import listing
 from data_pipelines.readers import schema
-from data_pipelines.readers.image_store import ImageFolder
+from data_pipelines.readers.image_store import ImageFolder, read_valid
 from data_pipelines.readers.parallel import documents
 
 SOURCE = "obelics"
@@ -194,9 +193,7 @@ def read(input_dir: str, counter: BadInputCounter, *, images_dir: str | None = N
       if file_name is None:
         counter.skip("unmapped_image" if isinstance(entry, str) else "malformed_image_entry", where, unit=IMAGE)
         continue
-      data, reason = store.read(file_name)
-      if reason is None:
-        data, reason = validate_image(data, **image_options)
+      data, reason = read_valid(store, file_name, image_options)
       if reason is not None:
         counter.skip(reason, where, unit=IMAGE)
         continue
