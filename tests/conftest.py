@@ -21,6 +21,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402
 
 
+# The files that take longest (several processes each), started first: under pytest-xdist's loadfile a long file
+# scheduled last runs alone at the end while the other worker idles.
+_SLOWEST_FIRST = ("test_multihost.py", "test_ablation.py", "test_open_clip_parity.py", "test_train_step.py",
+                  "test_bench.py", "test_main.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable: order within kept
+
+
 def pytest_configure(config):
   """With workers (pytest-xdist, pytest.ini's -n), the controller builds the demo corpus before they start: each
   would otherwise build the same corpus at the same time (correct, the last rename wins, but a minute per worker)."""
