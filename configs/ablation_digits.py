@@ -20,7 +20,7 @@ which the contrastive term barely moves off chance (ln 22 = 3.1). What the study
   - float32 compute: on CPUs bfloat16 matmuls are emulated and the step is ~1.6x slower.
   - Unchanged: decoder 64 x 2, rows of 256 tokens, the corpus, the evaluators.
 `quick` is the CI smoke version: the same code path for a few steps, evaluated once at the end, with the runlocal
-ViT (64 x 2: a quarter of the compile and attention-probe time) and a 50-step attention probe.
+ViT (64 x 2: a quarter of the compile and attention-probe time) and a 10-step attention probe.
 """
 import ml_collections
 
@@ -73,5 +73,5 @@ def get_config(arg=None):
   config.log_every = max(1, steps // LOG_POINTS)
   config.evals = evals_config(every_steps=steps if quick else steps // EVAL_POINTS)
   if quick:  # a smoke test of the code path: the attention probe's own training need not converge
-    config.evals.attention_probe_digits.steps = 50
+    config.evals.attention_probe_digits.steps = 10
   return config

@@ -1,12 +1,15 @@
 """The device mesh (built once from the config) and the logical-axis rules that map model axes onto it."""
 import math
+import time
 from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
+from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as ocp_multihost
 
 from lcl_jax import axes
 from lcl_jax.config_checks import ConfigError
@@ -89,3 +92,15 @@ def all_hosts_ok(ok: bool) -> bool:
   if jax.process_count() == 1:
     return bool(ok)
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def wait_for_every_host(name: str, timeout_s: int = 1800) -> None:
+  """Blocks until every process reaches the barrier `name` (unique per run), over the coordination service: no
+  device collective, so a host may arrive minutes late. On CPU a device collective (gloo) gives a late peer only
+  30 s, and processes other than 0 never hit the persistent compilation cache (their cache key differs, and JAX
+  writes only process 0's), so without this a host still compiling fails the others' first step."""
+  if jax.process_count() == 1:
+    return
+  start = time.perf_counter()
+  ocp_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+  logging.info("Waited %.1f s at barrier %s for the other hosts.", time.perf_counter() - start, name)

@@ -192,6 +192,7 @@ def _train(config, workdir, mesh, data, preemption):
                        out_shardings=(state_sharding, None, scalar), donate_argnums=0).lower(
                            abstract_state, spec.batch, jax.ShapeDtypeStruct((), jnp.int32, sharding=scalar)).compile()
     log_memory(compiled)
+    sharding.wait_for_every_host("lcl_jax_train_step_compiled")
     no_streak = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=scalar)()
 
     # -------------------------------------------------------------- loop

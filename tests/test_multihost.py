@@ -120,6 +120,9 @@ def straight(tmp_path_factory, demo_dir):
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   # Periodic async saves at every 2 steps, the last 3 kept, each written once for the run (not once per process).
   assert sorted(os.listdir(workdir / "checkpoints")) == sorted(str(s) for s in (STEPS - 4, STEPS - 2, STEPS))
+  # Process 1 misses the compilation cache that process 0 hits (JAX on CPU): process 0 waits for it at the barrier
+  # over the coordination service, not in the first step's gloo collective, which gives a late peer only 30 s.
+  assert "at barrier lcl_jax_train_step_compiled for the other hosts" in logs[0], logs[0][-3000:]
   return workdir
 
 
