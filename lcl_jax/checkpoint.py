@@ -149,8 +149,7 @@ class Checkpointer:
     dst = self.directory / f"{step}{CORRUPT_SUFFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if jax.process_index() == 0:
       src.rename(dst)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"lcl_checkpoint_moved_{step}")
+    sharding.wait_for_every_host(f"lcl_checkpoint_moved_{step}")  # every host sees the move before it reloads
     self._manager.reload()
     return dst
 

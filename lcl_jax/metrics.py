@@ -46,8 +46,9 @@ def peak_flops_per_device(device_kind: str) -> Optional[float]:
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
-  """FLOP/s of the best of `repeats` n x n matmuls on the default device (the CPU peak stand-in). n = 1024 already
-  runs at the CPU's matmul peak; 2048 gave the same rate and cost every start-up 2.5 s."""
+  """FLOP/s of the best of `repeats` n x n matmuls on the default device (the CPU peak stand-in). n = 1024: on a
+  2-core CPU it measured 138-145 GFLOP/s against 2048's 122-128, in a fifth of the time (2048 cost a 2-process
+  trainer's start-up 2.5 s)."""
   x = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   f(x).block_until_ready()
