@@ -32,11 +32,12 @@ def initialize_distributed():
     jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
-def quiet_checkpoint_logs():
+def quiet_storage_logs():
   """Orbax logs every save in a dozen INFO lines and every failure with a traceback per thread, and after a failed
   restore or save each of its other pending reads or writes fails too, reported as a traceback of its own (hundreds;
-  "Event loop is closed", "exception was never retrieved"). Our own error line gives the cause and what to do, so
-  unless --verbosity >= 1: orbax's warnings and errors stay as one line each, the echoes are dropped."""
+  "Event loop is closed", "exception was never retrieved"). clu's metric writer thread logs its failure (a full disk
+  under the event file) with a traceback too, then re-raises it in the loop. Our own error line gives the cause and
+  what to do, so unless --verbosity >= 1: their warnings and errors stay as one line each, the echoes are dropped."""
   import logging as std_logging
   import sys
   import traceback
@@ -50,6 +51,9 @@ def quiet_checkpoint_logs():
         return True
       if record.name == "asyncio" and record.exc_info and from_orbax(record.exc_info):
         return False
+      if record.pathname.endswith("/clu/asynclib.py"):
+        record.exc_info, record.exc_text = None, None
+        return True
       if "/orbax/" not in record.pathname:
         return True
       record.exc_info, record.exc_text = None, None
@@ -84,7 +88,7 @@ def exit_with(error: BaseException, code: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  quiet_checkpoint_logs()
+  quiet_storage_logs()
   # TensorFlow only feeds data: it must not take accelerator memory from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf

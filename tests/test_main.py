@@ -87,6 +87,32 @@ def test_a_full_disk_stops_the_run_at_the_failed_save_in_one_line(tmp_path, demo
     ckpt.close()
 
 
+def test_a_failed_metric_write_is_logged_without_its_traceback(caplog):
+  """The full disk above can fill under the event file first: clu's writer thread logs that failure with a traceback,
+  then re-raises it in the loop, which reports it in one line. The thread's record keeps its message, not the echo."""
+  import logging as std_logging
+  from absl import logging
+  from clu import asynclib
+  handler, hook = logging.get_absl_handler(), sys.unraisablehook
+  filters = list(handler.filters)
+  pool = asynclib.Pool(thread_name_prefix="AsyncWriter")
+
+  def write():
+    raise OSError("No space left on device")
+  try:
+    main.quiet_storage_logs()
+    with caplog.at_level(std_logging.ERROR):
+      pool(write)().exception()
+    assert pool.clear_errors()  # re-raised in the loop: lcl_jax.train reports it in one line
+    pool.close()
+    [record] = [r for r in caplog.records if r.pathname.endswith("/clu/asynclib.py")]
+    assert record.exc_info is not None  # what clu logs: the error and its traceback
+    assert handler.filter(record) and record.exc_info is None and "AsyncWriter" in record.getMessage()
+  finally:
+    handler.filters[:] = filters
+    sys.unraisablehook = hook
+
+
 def test_bad_config_fails_at_start_with_the_key_to_fix_in_one_line(tmp_path, demo_cache_dir):
   rc, log = _main(tmp_path / "w", demo_cache_dir, extra=["--config.data.rows_per_batch=0"])
   assert rc == 2 and _last_line(log).startswith("lcl_jax: config.data.rows_per_batch=0 must be"), _tail(log)
