@@ -6,17 +6,16 @@ import os
 import subprocess
 import sys
 
+from tests import xla_flags
 from tools import ablation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_quick_study_writes_complete_table_and_picture(tmp_path):
-  env = dict(os.environ)
   # conftest.py gives this process 8 fake CPU devices; the study is defined on the machine's real device(s), where
   # 32 image slots per step are one chunk's budget, not eight budgets of 4 that drop the rows with more images.
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if not f.startswith("--xla_force_host_platform_device_count"))
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_devices(None))
   proc = subprocess.run([sys.executable, "-m", "tools.ablation", f"--workdir={tmp_path}", "--quick"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -16,6 +16,7 @@ from data_pipelines import augment
 from data_pipelines.tokenizer import Tokenizer
 from lcl_jax import checkpoint, evaluate, export, models, sharding, state as state_lib
 from lcl_jax.evaluators import datasets, perplexity
+from tests import xla_flags
 from tests.test_model import tiny_config
 from tests.test_train import tiny_train_config
 
@@ -79,7 +80,7 @@ def test_exported_encoder_reloaded_in_a_fresh_process_gives_the_training_feature
       heavy = [m for m in ("configs", "ml_collections", "orbax", "tensorflow") if m in sys.modules]
       print("heavy:", heavy)
   """)
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags.with_devices(None))
   out = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr[-3000:]

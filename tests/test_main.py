@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from lcl_jax import main
+from tests import xla_flags
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ ARGS = ["--config=configs/vitb16_mmc4.py:runlocal", f"--config.optim.total_steps
 
 
 def _env(demo_dir):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a laptop
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_devices(None))  # one CPU device, as a laptop
   env["LCL_DEMO_DIR"] = str(demo_dir)
   return env
 

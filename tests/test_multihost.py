@@ -20,6 +20,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multihost_worker.py")
 STEPS = 10
@@ -39,9 +41,9 @@ def _free_port():
 
 
 def _env(demo_dir, devices, *, compile_cache=True):
-  drop = ("XLA_FLAGS",) if compile_cache else ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+  drop = () if compile_cache else ("JAX_COMPILATION_CACHE_DIR",)
   env = {k: v for k, v in os.environ.items() if k not in drop}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+  env.update(XLA_FLAGS=xla_flags.with_devices(devices), JAX_PLATFORMS="cpu",
              LCL_DEMO_DIR=str(demo_dir))
   return env
 
@@ -256,8 +258,8 @@ def test_data_states_with_different_keys_per_host_reach_the_checkpoint(tmp_path)
       print("HOSTS", hosts)
       """)
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(XLA_FLAGS=xla_flags.with_devices(1), JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", script, str(port), str(i), str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
