@@ -40,12 +40,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _env(demo_dir, devices, *, compile_cache=True):
-  drop = () if compile_cache else ("JAX_COMPILATION_CACHE_DIR",)
-  env = {k: v for k, v in os.environ.items() if k not in drop}
-  env.update(XLA_FLAGS=xla_flags.with_devices(devices), JAX_PLATFORMS="cpu",
-             LCL_DEMO_DIR=str(demo_dir))
-  return env
+def _env(demo_dir, devices):
+  return dict(os.environ, XLA_FLAGS=xla_flags.with_devices(devices), JAX_PLATFORMS="cpu", LCL_DEMO_DIR=str(demo_dir))
 
 
 def _two_processes(workdir, demo_dir, on_step=None, extra=()):
