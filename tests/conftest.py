@@ -4,9 +4,10 @@ import os
 # XLA's CPU backend emits each fusion through MLIR by default ("fusion emitters"); its older LLVM IR emitters compile
 # the same HLO in about half the CPU time (the runlocal train step: 10.7-11.4 s -> 5.0-6.9 s, one compile on 2 cores),
 # and the suite is mostly compiles. Subprocesses keep it (tests/xla_flags.py). A flag the pinned jaxlib knows.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+from tests import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags.with_devices(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow must never grab an accelerator the JAX side wants.

@@ -136,3 +136,10 @@ def test_entry_points_define_their_flags_only_when_run():
       if call.func.attr == "DEFINE_config_file":
         lock = {k.arg: getattr(k.value, "value", None) for k in call.keywords}.get("lock_config")
         assert lock is True, f"{name}: DEFINE_config_file without lock_config=True"
+
+
+def test_no_module_is_named_like_a_standard_library_one():
+  """`python tools/x.py` puts tools/ first on sys.path: a tools/inspect.py would replace the standard library's
+  inspect for everything that process imports (data_pipelines/inspect.py once did)."""
+  import sys
+  assert not sorted(name for name in MODULES if name.rpartition(".")[2] in sys.stdlib_module_names)

@@ -111,6 +111,22 @@ def test_run_writes_checkpoints_and_tensorboard(straight_run):
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
 
 
+def test_throughput_eta_and_mfu_are_written_once_per_logged_step(straight_run):
+  """steps_per_sec (with its ETA) comes from clu's ReportProgress only; images/tokens per second and MFU from the
+  loop, once each, at every logged step."""
+  from tensorboard.backend.event_processing import event_accumulator
+  workdir = straight_run[0]
+  written = collections.Counter()
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    for tag in ("steps_per_sec", "images_per_sec", "tokens_per_sec", "mfu", "useful_mfu"):
+      written.update((tag, e.step) for e in acc.Tensors(tag))
+  logged = {step for _, step in written}
+  assert logged and {3, 6} <= logged, written  # log_every = 3 of 6 steps
+  assert set(written.values()) == {1}, written
+
+
 def test_steps_read_nothing_from_the_device_between_logging_steps(straight_run):
   """The host runs ahead of the device: a step reads device values only to log (the metrics of logging step N,
   once step N + 1 is dispatched), to save a checkpoint, and at the end."""
